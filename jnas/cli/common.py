@@ -1,0 +1,53 @@
+"""Helpers shared by the subcommands: validated argument types and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line on stderr, exit code 2, no traceback."""
+
+
+def fail(message: str, code: int = 2) -> int:
+    print(f"jnas: error: {message}", file=sys.stderr)
+    return code
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def bounded_int(upper: int):
+    """A positive integer no larger than ``upper`` (absurd sizes are refused, not attempted)."""
+
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value > upper:
+            raise argparse.ArgumentTypeError(f"{value} is absurdly large (at most {upper})")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def print_json(payload) -> None:
+    print(json.dumps(payload, sort_keys=False))
