@@ -1,0 +1,71 @@
+"""Timing of one search step: what ``jnas bench step`` prints.
+
+Measures, for the NAS-Bench-201 supernet at a given shape, the compile time of the
+jitted step, the median wall time of a step after compilation, the process's peak
+resident memory, and images per second (train plus validation images per step).
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from jnas.search import darts
+from jnas.supernet import nb201 as supernet
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def bench_step(*, order: int = 1, batch_size: int = 64, channels: int = 16, cells: int = 5,
+               image_size: int = 32, in_channels: int = 3, num_classes: int = 10,
+               steps: int = 5, warmup: int = 1, scan_cells: bool = True, seed: int = 0) -> dict:
+    """Compiles and times the DARTS search step on random data of the given shape."""
+    net_config = supernet.SupernetConfig(
+        channels=channels, cells=cells, num_classes=num_classes, in_channels=in_channels,
+        image_size=image_size, scan_cells=scan_cells,
+    )
+    search = darts.make_darts(net_config, darts.DartsConfig(order=order), total_steps=1000)
+    key = jax.random.key(seed)
+    state = search.init(key)
+    shape = (batch_size, image_size, image_size, in_channels)
+
+    def batch(i):
+        k = jax.random.fold_in(key, i)
+        return darts.Batch(jax.random.normal(k, shape), jax.random.randint(jax.random.fold_in(k, 1), (batch_size,), 0, num_classes))
+
+    t0 = time.perf_counter()
+    compiled = jax.jit(search.step, donate_argnums=0).lower(state, batch(0), batch(1)).compile()
+    compile_s = time.perf_counter() - t0
+
+    times = []
+    for i in range(warmup + steps):
+        train, val = batch(2 * i + 2), batch(2 * i + 3)
+        jax.block_until_ready((train, val))
+        t = time.perf_counter()
+        state, metrics = compiled(state, train, val)
+        jax.block_until_ready((state, metrics))
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    median = statistics.median(times)
+    return {
+        "impl": "jnas",
+        "order": order,
+        "median_step_s": median,
+        "min_step_s": min(times),
+        "step_times_s": times,
+        "compile_s": compile_s,
+        "peak_rss_mb": peak_rss_mb(),
+        "images_per_s": 2 * batch_size / median,
+        "config": {"batch_size": batch_size, "channels": channels, "cells": cells, "image_size": image_size,
+                   "in_channels": in_channels, "num_classes": num_classes, "scan_cells": scan_cells},
+        "jax_version": jax.__version__,
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0].device_kind),
+        "loss_finite": bool(jnp.isfinite(metrics["train_loss"])),
+    }

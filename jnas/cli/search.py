@@ -1,0 +1,102 @@
+"""``jnas search``: a differentiable architecture search, end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from jnas.cli.common import UsageError, bounded_int, non_negative_int, positive_int
+
+
+def add_parser(subparsers) -> None:
+    from jnas.data import DATASETS
+    from jnas.search.runner import METHODS, SPACES
+
+    p = subparsers.add_parser(
+        "search",
+        help="run a DARTS search on the NAS-Bench-201 space",
+        description="Differentiable architecture search. With no options: a short DARTS search on "
+        "scikit-learn's bundled 8x8 digits (no download), printing the derived cell.",
+    )
+    p.add_argument("--space", default="nb201", help=f"search space ({', '.join(SPACES)})")
+    p.add_argument("--method", default="darts", help=f"search method ({', '.join(METHODS)})")
+    p.add_argument("--order", type=int, default=1, help="DARTS order: 1 (first) or 2 (unrolled)")
+    p.add_argument("--dataset", default="digits", help=f"data set ({', '.join(DATASETS)})")
+    p.add_argument("--data-dir", default=None, help="read the data set's standard files from this directory")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=bounded_int(100_000), default=None,
+                        help="search epochs (default: 10 on digits, 50 otherwise)")
+    length.add_argument("--steps", type=bounded_int(10_000_000), default=None, help="search steps instead of epochs")
+    p.add_argument("--batch-size", type=bounded_int(65_536), default=64, help="images per batch (train and val each)")
+    p.add_argument("--channels", type=bounded_int(1024), default=16, help="C, width of the first stage")
+    p.add_argument("--cells", type=bounded_int(64), default=5, help="N, search cells per stage")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--limit", type=positive_int, default=None, help="use only the first LIMIT training images")
+    p.add_argument("--out", default=None, help="output directory (default: runs/<method>-<dataset>-seed<K>)")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    p.add_argument("--nb201-table", default=None, help="NAS-Bench-201 CSV: look up every derived cell")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if (out / "result.json").exists() and not overwrite:
+        raise UsageError(f"{out} already holds a finished run (result.json); pass --overwrite or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise UsageError(f"output directory {str(out)!r} is not writable: {err.strerror or err}") from None
+
+
+def write_json_atomic(path: Path, payload) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as handle:
+        json.dump(payload, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def run(args) -> int:
+    from jnas.data import DataError
+    from jnas.search.runner import SearchConfig, run_search
+
+    try:
+        config = SearchConfig(
+            space=args.space, method=args.method, order=args.order, dataset=args.dataset,
+            data_dir=args.data_dir, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
+            channels=args.channels, cells=args.cells, seed=args.seed, limit=args.limit,
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+    table = None
+    if args.nb201_table is not None:
+        from jnas.benchmarks.nb201 import TableError, load_table
+
+        try:
+            table = load_table(args.nb201_table)
+        except TableError as err:
+            raise UsageError(str(err)) from None
+
+    out = Path(args.out or f"runs/{config.method}-{config.dataset}-seed{config.seed}")
+    _prepare_out(out, args.overwrite)
+    try:
+        result = run_search(config, table=table, progress=not args.no_progress)
+    except DataError as err:
+        raise UsageError(str(err)) from None
+    write_json_atomic(out / "result.json", result)
+
+    print(f"derived cell: {result['genotype']}")
+    if "nb201" in result:
+        nb = result["nb201"]
+        print(f"NAS-Bench-201 index {nb['index']}: CIFAR-10 test {nb['c10_test_acc_200']:.2f} %")
+    last = result["history"][-1]
+    print(f"final epoch: train acc {last['train_acc']:.3f}, val acc {last['val_acc']:.3f}; "
+          f"{result['seconds']:.1f} s; result: {out / 'result.json'}", file=sys.stderr)
+    return 0

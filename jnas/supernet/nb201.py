@@ -1,0 +1,240 @@
+"""The NAS-Bench-201 search network (supernet), as a pure function of a parameter pytree.
+
+Macro skeleton, exactly as NAS-Bench-201 defines it (Dong & Yang, ICLR 2020; the
+reference ``TinyNetworkDarts`` of xautodl):
+
+  stem: conv3x3(in -> C) + BN
+  stage 1: N search cells at C      | residual reduction block C -> 2C (stride 2)
+  stage 2: N search cells at 2C     | residual reduction block 2C -> 4C
+  stage 3: N search cells at 4C
+  head: BN + ReLU + global average pool + linear
+
+A search cell has 4 nodes; node ``j`` is the sum over ``i < j`` of the mixed op on
+edge ``i -> j`` applied to node ``i``. The mixed op is the architecture-weighted sum
+of ``none`` (zero), ``skip_connect``, ReLU-conv1x1-BN, ReLU-conv3x3-BN and 3x3 average
+pooling. Cell BatchNorms have no affine parameters and no running statistics, as in
+the reference search code; the stem, reduction blocks and head keep their affine BN
+(the reference's defaults). All BatchNorms use the statistics of the batch at hand.
+The reference's cell convolutions carry a bias when BN is not affine; a bias before a
+batch-statistics BN cancels exactly, so it is left out here.
+
+The architecture enters as an array ``arch_weights`` of shape ``(6, 5)``: softmax(α)
+for DARTS, one-hot codes for a discrete cell. The same compiled function therefore
+serves every architecture, and ``jax.vmap`` over ``arch_weights`` evaluates many
+architectures on one batch with shared weights.
+
+Speed (XLA CPU, see ``experiments/bench_step``): a cell computes, for each source
+node, ONE 3x3 and ONE 1x1 convolution covering all of that node's outgoing edges
+(BN is per channel, so normalising the concatenated channels is exact), and every
+node output goes through :func:`materialize`. The identical cells of a stage run
+under ``lax.scan`` over stacked parameters, so compile time does not grow with N.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jnas.spaces import nb201 as space
+from jnas.supernet import ops
+
+# For every source node: the edges leaving it, in space.EDGES order.
+_OUT_EDGES = tuple(tuple(e for e, (s, _) in enumerate(space.EDGES) if s == i) for i in range(space.NUM_NODES - 1))
+_SKIP, _CONV1, _CONV3, _POOL = (space.OPS.index(n) for n in ("skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"))
+
+
+@dataclasses.dataclass(frozen=True)
+class SupernetConfig:
+    """Shape of the search network.
+
+    Attributes:
+      channels: C, the width of the first stage (16 in NAS-Bench-201).
+      cells: N, search cells per stage (5 in NAS-Bench-201).
+      num_classes: output classes.
+      in_channels: image channels (1 or 3).
+      image_size: image height = width (e.g. 28 or 32; 8 for the digits demo).
+      scan_cells: run each stage's identical cells under ``lax.scan``.
+    """
+
+    channels: int = 16
+    cells: int = 5
+    num_classes: int = 10
+    in_channels: int = 3
+    image_size: int = 32
+    scan_cells: bool = True
+
+    def __post_init__(self):
+        for name in ("channels", "cells", "num_classes", "in_channels", "image_size"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"SupernetConfig.{name} must be a positive integer, got {value!r}")
+        if self.image_size < 4:
+            raise ValueError(f"image_size must be at least 4 (two stride-2 reductions), got {self.image_size}")
+
+
+def materialize(x):
+    """Identity that XLA must materialise: a GEMM with the identity matrix.
+
+    XLA's CPU fusion duplicates cheap elementwise producers into every consumer.
+    In a cell, skip paths make each node an elementwise sum of everything before it,
+    and XLA fused those growing chains into the layout-changing copies of the
+    backward pass, recomputing them there: the backward grew superlinearly with
+    depth (56 s vs 0.75 s for 5 vs 1 cell, measured). A dot is never fused into its
+    consumers, and its transpose (in the backward) is again a dot, so both the node
+    and its gradient become materialised buffers. Cost: one C x C GEMM per node.
+    """
+    eye = jnp.eye(x.shape[-1], dtype=x.dtype)
+    return jnp.einsum("...c,cd->...d", x, eye)
+
+
+def _uniform(key, shape, fan_in, dtype=jnp.float32):
+    """PyTorch's default conv/linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def init(key: jax.Array, config: SupernetConfig) -> dict:
+    """Initial weights of the supernet (a pytree of float32 arrays).
+
+    Cell weights of a stage are stacked along a leading axis of size ``cells``:
+    ``w1`` ``(N, 6, C, C)`` holds the 1x1 kernels and ``w3`` ``(N, 6, 3, 3, C, C)`` the
+    3x3 kernels of the six edges.
+    """
+    c, n = config.channels, config.cells
+    keys = iter(jax.random.split(key, 64))
+    params = {
+        "stem": {
+            "w": _uniform(next(keys), (3, 3, config.in_channels, c), 9 * config.in_channels),
+            "scale": jnp.ones((c,)),
+            "bias": jnp.zeros((c,)),
+        },
+        "stages": [],
+        "reductions": [],
+    }
+    widths = (c, 2 * c, 4 * c)
+    for s, width in enumerate(widths):
+        params["stages"].append(
+            {
+                "w1": _uniform(next(keys), (n, space.NUM_EDGES, width, width), width),
+                "w3": _uniform(next(keys), (n, space.NUM_EDGES, 3, 3, width, width), 9 * width),
+            }
+        )
+        if s + 1 < len(widths):
+            out = widths[s + 1]
+            params["reductions"].append(
+                {
+                    "conv_a": _uniform(next(keys), (3, 3, width, out), 9 * width),
+                    "scale_a": jnp.ones((out,)),
+                    "bias_a": jnp.zeros((out,)),
+                    "conv_b": _uniform(next(keys), (3, 3, out, out), 9 * out),
+                    "scale_b": jnp.ones((out,)),
+                    "bias_b": jnp.zeros((out,)),
+                    "shortcut": _uniform(next(keys), (1, 1, width, out), width),
+                }
+            )
+    last = widths[-1]
+    params["head"] = {
+        "scale": jnp.ones((last,)),
+        "bias": jnp.zeros((last,)),
+        "w": _uniform(next(keys), (last, config.num_classes), last),
+        "b": _uniform(next(keys), (config.num_classes,), last),
+    }
+    return params
+
+
+def init_arch_params(key: jax.Array) -> jax.Array:
+    """DARTS architecture parameters α, shape ``(6, 5)``, as ``1e-3 * N(0, 1)`` (reference init)."""
+    return 1e-3 * jax.random.normal(key, (space.NUM_EDGES, space.NUM_OPS))
+
+
+def cell(w1, w3, h0, arch_weights):
+    """One search cell.
+
+    Args:
+      w1: ``(6, C, C)`` 1x1 kernels of the six edges.
+      w3: ``(6, 3, 3, C, C)`` 3x3 kernels.
+      h0: ``(B, H, W, C)`` cell input.
+      arch_weights: ``(6, 5)`` weights of the ops on every edge (``none`` ignored: it is zero).
+
+    Returns:
+      ``(B, H, W, C)``, node 3.
+    """
+    c = h0.shape[-1]
+    nodes = [h0]
+    incoming = {j: [] for j in range(1, space.NUM_NODES)}
+    for i, out_edges in enumerate(_OUT_EDGES):
+        h = nodes[i]
+        r = jax.nn.relu(h)
+        idx = np.asarray(out_edges)
+        k3 = jnp.transpose(w3[idx], (1, 2, 3, 0, 4)).reshape(3, 3, c, len(idx) * c)
+        k1 = jnp.transpose(w1[idx], (1, 0, 2)).reshape(1, 1, c, len(idx) * c)
+        y3 = ops.batch_norm(ops.conv2d(r, k3, 1, 1))
+        y1 = ops.batch_norm(ops.conv2d(r, k1, 1, 0))
+        pooled = ops.avg_pool_3x3(h)
+        for slot, edge in enumerate(out_edges):
+            a = arch_weights[edge]
+            term = (
+                a[_SKIP] * h
+                + a[_CONV1] * y1[..., slot * c : (slot + 1) * c]
+                + a[_CONV3] * y3[..., slot * c : (slot + 1) * c]
+                + a[_POOL] * pooled
+            )
+            incoming[space.EDGES[edge][1]].append(term)
+        nodes.append(materialize(sum(incoming[i + 1])))
+    return nodes[-1]
+
+
+def _relu_conv_bn(x, w, scale, bias, stride, padding):
+    return ops.batch_norm(ops.conv2d(jax.nn.relu(x), w, stride, padding), scale, bias)
+
+
+def reduction_block(p, x):
+    """NAS-Bench-201's residual reduction block (ResNet basic block, stride 2)."""
+    y = _relu_conv_bn(x, p["conv_a"], p["scale_a"], p["bias_a"], 2, 1)
+    y = _relu_conv_bn(y, p["conv_b"], p["scale_b"], p["bias_b"], 1, 1)
+    shortcut = ops.conv2d(ops.avg_pool_2x2(x), p["shortcut"], 1, 0)
+    return materialize(shortcut + y)
+
+
+def _stage(stage_params, x, arch_weights, scan: bool):
+    w1s, w3s = stage_params["w1"], stage_params["w3"]
+    if scan:
+        def body(h, ws):
+            return cell(ws[0], ws[1], h, arch_weights), None
+
+        x, _ = jax.lax.scan(body, x, (w1s, w3s))
+        return x
+    for k in range(w1s.shape[0]):
+        x = cell(w1s[k], w3s[k], x, arch_weights)
+    return x
+
+
+def features(params, images, arch_weights, config: SupernetConfig):
+    """Pooled features ``(B, 4C)`` before the classifier."""
+    stem = params["stem"]
+    x = ops.batch_norm(ops.conv2d(images, stem["w"], 1, 1), stem["scale"], stem["bias"])
+    for s, stage_params in enumerate(params["stages"]):
+        x = _stage(stage_params, x, arch_weights, config.scan_cells)
+        if s < len(params["reductions"]):
+            x = reduction_block(params["reductions"][s], x)
+    head = params["head"]
+    x = jax.nn.relu(ops.batch_norm(x, head["scale"], head["bias"]))
+    return jnp.mean(x, axis=(1, 2))
+
+
+def apply(params, images, arch_weights, config: SupernetConfig):
+    """Logits ``(B, num_classes)`` of the supernet on ``images`` ``(B, H, W, C_in)``.
+
+    ``arch_weights`` is ``(6, 5)``; vmap over a leading axis of it (with ``params`` and
+    ``images`` unbatched) to evaluate many architectures with shared weights.
+    """
+    feats = features(params, images, arch_weights, config)
+    return feats @ params["head"]["w"] + params["head"]["b"]
+
+
+def count_params(params) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
