@@ -1,0 +1,5 @@
+import sys
+
+from jnas.cli import main
+
+sys.exit(main())
