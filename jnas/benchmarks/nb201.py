@@ -9,6 +9,7 @@ whole tabular search can run on device.
 from __future__ import annotations
 
 import csv
+import math
 import dataclasses
 import os
 from pathlib import Path
@@ -139,6 +140,8 @@ def load_table(path) -> NB201Table:
                 number = float(value)
             except (TypeError, ValueError):
                 raise TableError(f"{path}:{line}: column {column!r} holds non-numeric value {value!r}") from None
+            if not math.isfinite(number) and column == "index":
+                raise TableError(f"{path}:{line}: index {value!r} is not an integer in [0, {n})")
             if column == "index":
                 if number != int(number) or not 0 <= number < n:
                     raise TableError(f"{path}:{line}: index {value!r} is not an integer in [0, {n})")

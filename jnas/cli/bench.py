@@ -20,7 +20,7 @@ def add_parser(subparsers) -> None:
     s.add_argument("--num-classes", type=bounded_int(100_000), default=10)
     s.add_argument("--steps", type=bounded_int(10_000), default=5, help="timed steps (median reported)")
     s.add_argument("--warmup", type=int, default=1, help="untimed steps after compilation")
-    s.add_argument("--no-scan", action="store_true", help="unroll the cells of a stage instead of lax.scan")
+    s.add_argument("--scan", action="store_true", help="run each stage's cells under lax.scan (faster compile, slower step)")
     s.add_argument("--json", action="store_true", help="print one JSON line (the default output)")
     s.set_defaults(run=run)
 
@@ -33,7 +33,7 @@ def run(args) -> int:
     result = bench_step(
         order=args.order, batch_size=args.batch_size, channels=args.channels, cells=args.cells,
         image_size=args.image_size, in_channels=args.in_channels, num_classes=args.num_classes,
-        steps=args.steps, warmup=args.warmup, scan_cells=not args.no_scan,
+        steps=args.steps, warmup=args.warmup, scan_cells=args.scan,
     )
     print_json(result)
     return 0

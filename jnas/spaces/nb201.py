@@ -69,7 +69,7 @@ def parse(arch: str) -> np.ndarray:
                 f"node {target} group {group!r} in {arch!r} has {len(tokens)} edge(s), expected {target}"
             )
         for source, token in enumerate(tokens):
-            match = _TOKEN.match(token)
+            match = _TOKEN.fullmatch(token)
             if match is None:
                 raise ArchStringError(f"malformed edge {token!r} in {arch!r}: expected 'op~source'")
             op, src = match.group(1), int(match.group(2))

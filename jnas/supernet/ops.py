@@ -137,12 +137,12 @@ def batch_norm(x, scale=None, bias=None):
 @functools.lru_cache(maxsize=None)
 def _inverse_counts(h: int, w: int) -> np.ndarray:
     def count(n):
-        c = np.full(n, 3.0, np.float32)
+        c = np.full(n, 3.0)
         c[0] -= 1
         c[-1] -= 1
         return c if n > 1 else np.ones(1, np.float32)
 
-    return (1.0 / np.outer(count(h), count(w)))[None, :, :, None].astype(np.float32)
+    return (1.0 / np.outer(count(h), count(w)))[None, :, :, None]  # float64; cast at use
 
 
 def avg_pool_3x3(x):
@@ -152,7 +152,7 @@ def avg_pool_3x3(x):
     rows = xp[:, :-2] + xp[:, 1:-1] + xp[:, 2:] if h > 1 else x
     rp = jnp.pad(rows, ((0, 0), (0, 0), (1, 1), (0, 0)))
     sums = rp[:, :, :-2] + rp[:, :, 1:-1] + rp[:, :, 2:] if w > 1 else rows
-    return sums * _inverse_counts(h, w)
+    return sums * _inverse_counts(h, w).astype(x.dtype)
 
 
 def avg_pool_2x2(x):
