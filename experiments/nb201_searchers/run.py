@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 import warnings
@@ -46,6 +44,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from jnas.bench import machine_description  # noqa: E402
 from jnas.benchmarks import nb201 as nb201_table  # noqa: E402
 from jnas.benchmarks import protocol  # noqa: E402
 from jnas.search import discrete  # noqa: E402
@@ -78,14 +77,6 @@ def _rounded(summary: dict) -> dict:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}
 
 
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            model = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} cpus, {platform.system()}"
 
 
 def pareto_front_2d(params: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
@@ -169,7 +160,7 @@ def main(argv=None) -> int:
         "runs": args.runs,
         "seed": args.seed,
         "jax_version": jax.__version__,
-        "machine": machine(),
+        "machine": machine_description(),
         "table": str(table.path),
         "algorithms": {},
     }

@@ -7,14 +7,11 @@ in ``jnas.benchmarks.protocol``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import tempfile
 import warnings
 from pathlib import Path
 
-from jnas.cli.common import UsageError, bounded_int, non_negative_int, print_json
+from jnas.bench import machine_description
+from jnas.cli.common import UsageError, bounded_int, non_negative_int, positive_int, print_json, write_json_atomic
 
 ALGORITHMS = {
     "rea": "regularized evolution (aging; population 10, tournament sample 3, one-edge mutation)",
@@ -40,13 +37,14 @@ def _positive_seconds(text: str) -> float:
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "evolve",
-        help="run a discrete searcher (REA, REINFORCE, random, local) on a tabular benchmark",
+        help="run a discrete searcher (REA, REINFORCE, random, local) on a tabular benchmark or a supernet",
         description=(
             "Runs independent searches under the NAS-Bench-201 protocol: each query "
             "returns the 12-epoch validation accuracy and is charged 12 epochs of "
             "simulated training time (time_200 * 12/200); a search stops at the "
             "budget and reports the 200-epoch CIFAR-10 test accuracy of the "
-            "architecture with the best validation accuracy it saw."
+            "architecture with the best validation accuracy it saw. With --supernet, the "
+            "fitness is instead a SPOS-trained supernet's held-out accuracy."
         ),
     )
     parser.add_argument("--benchmark", choices=["nb201"], default="nb201", help="tabular benchmark (default: nb201)")
@@ -57,21 +55,56 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--algo", choices=list(ALGORITHMS), default="rea", help="search strategy (default: rea)")
     parser.add_argument(
-        "--runs", type=bounded_int(MAX_RUNS), default=500, help="independent runs (default: 500, as published)"
+        "--runs", type=bounded_int(MAX_RUNS), default=None,
+        help=f"independent runs (default: 500 as published; {SUPERNET_DEFAULT_RUNS} with --supernet)"
     )
     parser.add_argument(
         "--budget-seconds",
         type=_positive_seconds,
-        default=12000.0,
+        default=None,
         metavar="T",
-        help="simulated search time per run, in seconds (default: 12000, as published)",
+        help="tabular mode: simulated search time per run, in seconds (default: 12000, as published)",
     )
     parser.add_argument("--seed", type=non_negative_int, default=0, help="base seed; run i uses fold_in(key(seed), i)")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of text")
     parser.add_argument(
-        "--out", metavar="DIR", help="also write DIR/result.json with per-run results and the trajectory"
+        "--out", metavar="DIR",
+        help="also write DIR/result.json with per-run results and the trajectory "
+        "(--supernet: always written; default runs/supernet-ALGO-DATASET-seedK)"
     )
+    group = parser.add_argument_group(
+        "weight-sharing mode (--supernet)",
+        "Instead of the table, a query's fitness is the held-out accuracy of the cell in a supernet "
+        "trained beforehand by SPOS (uniform single-path sampling); each run makes a fixed number of "
+        "queries, and its best cell is looked up in the table (c10_test_acc_200).",
+    )
+    group.add_argument("--supernet", action="store_true", help="weight-sharing mode (excludes --budget-seconds)")
+    group.add_argument("--dataset", default=None, help="data set: digits, fashion_mnist, cifar10, cifar100 (default: digits)")
+    group.add_argument("--data-dir", default=None, help="read the data set's standard files from this directory")
+    group.add_argument("--limit", type=positive_int, default=None, help="use only the first LIMIT training images")
+    group.add_argument("--channels", type=bounded_int(1024), default=None, help="supernet width C (default: 8)")
+    group.add_argument("--cells", type=bounded_int(64), default=None, help="cells per stage N (default: 1)")
+    group.add_argument("--batch-size", type=bounded_int(65_536), default=None,
+                       help="training and evaluation batch (default: 64)")
+    group.add_argument("--train-steps", type=bounded_int(10_000_000), default=None,
+                       help="SPOS training steps (default: 200)")
+    group.add_argument("--queries", type=bounded_int(1_000_000), default=None, help="queries per run (default: 50)")
+    group.add_argument("--kendall-cells", type=bounded_int(15625), default=None,
+                       help="distinct random cells for Kendall tau (default: 200)")
+    group.add_argument("--eval-images", type=positive_int, default=None,
+                       help="held-out images scoring each cell (default: the whole held-out half)")
+    group.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    group.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
+
+
+SUPERNET_DEFAULT_RUNS = 10
+SUPERNET_ONLY = ("dataset", "data_dir", "limit", "channels", "cells", "batch_size", "train_steps", "queries",
+                 "kendall_cells", "eval_images")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _load_benchmark(table_arg):
@@ -98,28 +131,8 @@ def _check_out_dir(out) -> Path | None:
     return out
 
 
-def _write_json_atomically(path: Path, payload) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".result-", suffix=".json")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=1)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
-def _machine() -> str:
-    """CPU model and count, for the record next to timings."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            model = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} cpus, {platform.system()}"
 
 
 def _nan_to_none(values):
@@ -127,6 +140,18 @@ def _nan_to_none(values):
 
 
 def run(args) -> int:
+    if args.supernet:
+        if args.budget_seconds is not None:
+            raise UsageError("--budget-seconds belongs to the tabular mode; --supernet runs a fixed number of --queries")
+        return run_supernet(args)
+    given = [_flag(name) for name in SUPERNET_ONLY if getattr(args, name) is not None]
+    given += [_flag(name) for name in ("overwrite", "no_progress") if getattr(args, name)]
+    if given:
+        raise UsageError(f"{', '.join(given)} only apply with --supernet")
+    if args.budget_seconds is None:
+        args.budget_seconds = 12000.0
+    if args.runs is None:
+        args.runs = 500
     out_dir = _check_out_dir(args.out)
     table = _load_benchmark(args.table)
 
@@ -187,7 +212,7 @@ def run(args) -> int:
         }
         detail["searcher"] = ALGORITHMS[args.algo]
         detail["jax_version"] = jax.__version__
-        detail["machine"] = _machine()
+        detail["machine"] = machine_description()
         detail["per_run"] = [
             {
                 "run": i,
@@ -206,7 +231,7 @@ def run(args) -> int:
             "test_mean": _nan_to_none(mean),
             "test_std": _nan_to_none(std),
         }
-        _write_json_atomically(out_dir / "result.json", detail)
+        write_json_atomic(out_dir / "result.json", detail)
 
     if args.json:
         print_json(result)
@@ -224,3 +249,55 @@ def run(args) -> int:
             print(f"wrote      {out_dir / 'result.json'}")
     return 0
 
+
+
+def run_supernet(args) -> int:
+    """``jnas evolve --supernet``: SPOS supernet, Kendall tau, vmapped searches."""
+    from jnas.cli.search import _prepare_out
+    from jnas.data import DataError
+    from jnas.search.oneshot_runner import OneShotConfig, run_oneshot
+
+    settings = {name: getattr(args, name) for name in SUPERNET_ONLY if getattr(args, name) is not None}
+    try:
+        config = OneShotConfig(algo=args.algo, runs=args.runs or SUPERNET_DEFAULT_RUNS, seed=args.seed, **settings)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    out = Path(args.out or f"runs/supernet-{config.algo}-{config.dataset}-seed{config.seed}")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} exists and is not a directory")
+    table = _load_benchmark(args.table)
+    _prepare_out(out, args.overwrite)
+    try:
+        result = run_oneshot(config, table, progress=not args.no_progress)
+    except DataError as err:
+        raise UsageError(str(err)) from None
+    result["machine"] = machine_description()
+    write_json_atomic(out / "result.json", result)
+
+    summary = {
+        "mode": "supernet",
+        "algo": config.algo,
+        "runs": config.runs,
+        "queries": config.queries,
+        "kendall_tau": result["kendall"]["tau_b"],
+        "kendall_cells": config.kendall_cells,
+        "test_mean": result["test_mean"],
+        "test_std": result["test_std"],
+        "supernet_acc_mean": result["supernet_acc_mean"],
+        "seconds": result["seconds"]["total"],
+        "out": str(out / "result.json"),
+    }
+    if args.json:
+        print_json(summary)
+    else:
+        last = result["history"][-1]
+        print(f"algo       {config.algo}: {ALGORITHMS[config.algo]}, fitness = supernet held-out accuracy")
+        print(f"supernet   {config.train_steps} SPOS steps on {config.dataset}: last loss {last['loss']:.3f}, "
+              f"train acc {last['accuracy']:.3f}")
+        print(f"kendall    tau_b {summary['kendall_tau']:.3f} over {config.kendall_cells} random cells "
+              "(supernet acc vs NB201 c10_test_acc_200)")
+        print(f"test acc   {summary['test_mean']:.2f} +- {summary['test_std']:.2f} %  (NB201 CIFAR-10, 200 epochs, "
+              f"of each run's best-fitness cell; {config.runs} runs x {config.queries} queries)")
+        print(f"seconds    {summary['seconds']:.1f} wall-clock")
+        print(f"wrote      {out / 'result.json'}")
+    return 0
