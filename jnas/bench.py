@@ -7,6 +7,8 @@ resident memory, and images per second (train plus validation images per step).
 
 from __future__ import annotations
 
+import os
+import platform
 import resource
 import statistics
 import time
@@ -16,6 +18,17 @@ import jax.numpy as jnp
 
 from jnas.search import darts
 from jnas.supernet import nb201 as supernet
+
+
+def machine_description() -> str:
+    """CPU model and count, recorded next to every timing."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            model = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} cpus, {platform.system()}"
 
 
 def peak_rss_mb() -> float:
@@ -67,5 +80,6 @@ def bench_step(*, order: int = 1, batch_size: int = 64, channels: int = 16, cell
         "jax_version": jax.__version__,
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),
+        "machine": machine_description(),
         "loss_finite": bool(jnp.isfinite(metrics["train_loss"])),
     }

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
+from pathlib import Path
 
 
 class UsageError(Exception):
@@ -51,3 +54,20 @@ def non_negative_int(text: str) -> int:
 
 def print_json(payload) -> None:
     print(json.dumps(payload, sort_keys=False))
+
+
+def write_json_atomic(path, payload) -> None:
+    """Writes JSON to ``path`` through a temporary file and a rename: never a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(payload, stream, indent=1)
+            stream.write("\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 
-from jnas.cli.common import UsageError, bounded_int, non_negative_int, positive_int
+from jnas.cli.common import UsageError, bounded_int, non_negative_int, positive_int, write_json_atomic
 
 
 def add_parser(subparsers) -> None:
@@ -53,13 +51,6 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         raise UsageError(f"output directory {str(out)!r} is not writable: {err.strerror or err}") from None
 
 
-def write_json_atomic(path: Path, payload) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(payload, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def run(args) -> int:
