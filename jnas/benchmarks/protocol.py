@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jnas.search.discrete import DiscreteSearcher, tree_select
+from jnas.search.discrete import DiscreteSearcher, run_keys, tree_select
 from jnas.spaces import nb201
 
 # The NAS-Bench-201 paper's protocol on CIFAR-10.
@@ -302,13 +302,6 @@ def batch_simulator(
     return run
 
 
-def run_keys(seed: int, num_runs: int, start: int = 0) -> jax.Array:
-    """Per-run keys ``fold_in(key(seed), i)`` for runs ``start .. start + num_runs - 1``.
-
-    Run ``i`` gets the same key however the runs are batched.
-    """
-    base = jax.random.key(seed)
-    return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(start, start + num_runs, dtype=jnp.uint32))
 
 
 def best_on_grid(trace: SearchTrace, grid) -> jax.Array:

@@ -122,3 +122,12 @@ def make(name: str, **hyperparameters) -> DiscreteSearcher:
         raise KeyError(f"unknown searcher {name!r}; known searchers: {', '.join(NAMES)}")
     module, factory = _REGISTRY[name]
     return getattr(importlib.import_module(module), factory)(**hyperparameters)
+
+
+def run_keys(seed: int, num_runs: int, start: int = 0) -> jax.Array:
+    """Per-run keys ``fold_in(key(seed), i)`` for runs ``start .. start + num_runs - 1``.
+
+    Run ``i`` gets the same key however the runs are batched.
+    """
+    base = jax.random.key(int(seed))
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(start, start + num_runs, dtype=jnp.uint32))

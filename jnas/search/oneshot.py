@@ -8,7 +8,7 @@ time budget: every run makes a fixed number of queries.
 ``R`` independent runs of a searcher are vmapped: each iteration asks ``R`` cells
 (one per run), scores all of them in ONE vmapped supernet call, and tells each run
 its own cell's fitness. Run ``i`` uses the key ``fold_in(key(seed), i)`` (as in
-:func:`jnas.benchmarks.protocol.run_keys`), split into its init key and its run key;
+:func:`jnas.search.discrete.run_keys`), split into its init key and its run key;
 query ``t`` asks with ``fold_in(run_key, t)``. So a run's trajectory does not depend
 on how many runs are batched with it (up to float rounding of batched convolutions).
 
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jnas.search import spos
-from jnas.search.discrete import DiscreteSearcher
+from jnas.search.discrete import DiscreteSearcher, run_keys
 from jnas.supernet import nb201 as supernet
 
 # fitness_fn(fitness_data, encodings (R, 6)) -> (R,) fitness, traceable
@@ -63,10 +63,6 @@ def supernet_fitness(config: supernet.SupernetConfig, chunk_size: int | None = N
     return fitness_fn
 
 
-def run_keys(seed: int, num_runs: int, start: int = 0) -> jax.Array:
-    """Per-run keys ``fold_in(key(seed), i)`` for ``i`` in ``start .. start + num_runs - 1``."""
-    base = jax.random.key(int(seed))
-    return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(start, start + num_runs, dtype=jnp.uint32))
 
 
 class RunsResult(NamedTuple):
