@@ -71,3 +71,15 @@ def write_json_atomic(path, payload) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def prepare_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuses a directory holding a finished run (unless overwrite) or one that cannot be written."""
+    if (out / "result.json").exists() and not overwrite:
+        raise UsageError(f"{out} already holds a finished run (result.json); pass --overwrite or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise UsageError(f"output directory {str(out)!r} is not writable: {err.strerror or err}") from None

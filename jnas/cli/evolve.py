@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 from jnas.bench import machine_description
-from jnas.cli.common import UsageError, bounded_int, non_negative_int, positive_int, print_json, write_json_atomic
+from jnas.cli.common import UsageError, bounded_int, non_negative_int, positive_int, prepare_out_dir, print_json, write_json_atomic
 
 ALGORITHMS = {
     "rea": "regularized evolution (aging; population 10, tournament sample 3, one-edge mutation)",
@@ -253,7 +253,6 @@ def run(args) -> int:
 
 def run_supernet(args) -> int:
     """``jnas evolve --supernet``: SPOS supernet, Kendall tau, vmapped searches."""
-    from jnas.cli.search import _prepare_out
     from jnas.data import DataError
     from jnas.search.oneshot_runner import OneShotConfig, run_oneshot
 
@@ -266,7 +265,7 @@ def run_supernet(args) -> int:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} exists and is not a directory")
     table = _load_benchmark(args.table)
-    _prepare_out(out, args.overwrite)
+    prepare_out_dir(out, args.overwrite)
     try:
         result = run_oneshot(config, table, progress=not args.no_progress)
     except DataError as err:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
-from jnas.cli.common import UsageError, bounded_int, non_negative_int, positive_int, write_json_atomic
+from jnas.cli.common import UsageError, bounded_int, non_negative_int, positive_int, prepare_out_dir, write_json_atomic
 
 
 def add_parser(subparsers) -> None:
@@ -40,15 +39,6 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    if (out / "result.json").exists() and not overwrite:
-        raise UsageError(f"{out} already holds a finished run (result.json); pass --overwrite or choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise UsageError(f"output directory {str(out)!r} is not writable: {err.strerror or err}") from None
 
 
 
@@ -76,7 +66,7 @@ def run(args) -> int:
             raise UsageError(str(err)) from None
 
     out = Path(args.out or f"runs/{config.method}-{config.dataset}-seed{config.seed}")
-    _prepare_out(out, args.overwrite)
+    prepare_out_dir(out, args.overwrite)
     try:
         result = run_search(config, table=table, progress=not args.no_progress)
     except DataError as err:
