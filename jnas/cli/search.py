@@ -5,7 +5,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from jnas.cli.common import UsageError, bounded_int, non_negative_int, positive_int, prepare_out_dir, write_json_atomic
+from jnas.cli.common import (
+    UsageError,
+    bounded_int,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    prepare_out_dir,
+    write_json_atomic,
+)
 
 
 def add_parser(subparsers) -> None:
@@ -14,7 +23,7 @@ def add_parser(subparsers) -> None:
 
     p = subparsers.add_parser(
         "search",
-        help="run a DARTS search on the NAS-Bench-201 space",
+        help="run a DARTS / PC-DARTS / β-DARTS search on the NAS-Bench-201 space",
         description="Differentiable architecture search. With no options: a short DARTS search on "
         "scikit-learn's bundled 8x8 digits (no download), printing the derived cell.",
     )
@@ -36,11 +45,24 @@ def add_parser(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.add_argument("--nb201-table", default=None, help="NAS-Bench-201 CSV: look up every derived cell")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    m = p.add_argument_group("method options (default: the method's published setting)")
+    m.add_argument("--partial-channels", type=positive_int, default=None,
+                   help="PC-DARTS: K, a 1/K slice of channels goes through the ops (default 4)")
+    m.add_argument("--no-edge-normalization", dest="edge_normalization", action="store_false", default=None,
+                   help="PC-DARTS: turn edge normalization off (default on)")
+    m.add_argument("--arch-warmup-epochs", type=non_negative_int, default=None,
+                   help="epochs that train only the weights (PC-DARTS default: 15 of 50, scaled)")
+    m.add_argument("--arch-lr", type=positive_float, default=None,
+                   help="Adam learning rate of α (DARTS 3e-4, PC-DARTS 6e-4)")
+    m.add_argument("--beta-decay", type=non_negative_float, default=None, metavar="LAMBDA",
+                   help="β-DARTS regularization, λ growing linearly from 0 (beta-darts default 50; "
+                        "also works with pcdarts)")
+    d = p.add_argument_group("diagnostics")
+    d.add_argument("--hessian-every", type=non_negative_int, default=0, metavar="EPOCHS",
+                   help="dominant Hessian eigenvalue of the val loss w.r.t. α every N epochs (0: off)")
+    d.add_argument("--hessian-batches", type=bounded_int(64), default=2, help="val batches for the Hessian")
+    d.add_argument("--hessian-iters", type=bounded_int(1000), default=20, help="power iterations")
     p.set_defaults(run=run)
-
-
-
-
 
 
 def run(args) -> int:
@@ -52,6 +74,10 @@ def run(args) -> int:
             space=args.space, method=args.method, order=args.order, dataset=args.dataset,
             data_dir=args.data_dir, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
             channels=args.channels, cells=args.cells, seed=args.seed, limit=args.limit,
+            partial_channels=args.partial_channels, edge_normalization=args.edge_normalization,
+            arch_warmup_epochs=args.arch_warmup_epochs, arch_lr=args.arch_lr, beta_decay=args.beta_decay,
+            hessian_every=args.hessian_every, hessian_batches=args.hessian_batches,
+            hessian_iters=args.hessian_iters,
         )
     except ValueError as err:
         raise UsageError(str(err)) from None

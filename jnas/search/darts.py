@@ -1,4 +1,4 @@
-"""DARTS: differentiable architecture search, first and second order.
+"""DARTS, PC-DARTS and β-DARTS: differentiable architecture search, first and second order.
 
 One search step is one pure function ``step(state, train_batch, val_batch) ->
 (state, metrics)``; the whole state (weights, α, both optimizer states, key, step) is
@@ -19,9 +19,31 @@ Hyperparameters (defaults) follow NAS-Bench-201's DARTS runs: weights SGD, momen
 0.9, Nesterov, lr 0.025 cosine-annealed to 0.001, weight decay 5e-4 (3e-4 in the DARTS
 paper), gradient-norm clipping 5; α Adam, lr 3e-4, betas (0.5, 0.999), weight decay 1e-3.
 
+The network is any :class:`jnas.supernet.network.SearchNetwork`, so the same step
+serves every space, and the variants are options of one step:
+
+* **PC-DARTS** lives in the network (partial channels, edge-normalization β, which is
+  part of ``arch_params`` and trained with α); the step adds its warm-up:
+  ``arch_warmup_steps`` steps that train only the weights (the reference starts α's
+  updates at epoch 15 of 50). Reference lr for α: 6e-4.
+* **β-DARTS** adds the beta-decay regularizer to the α objective::
+
+      L_β(α) = mean over edges of log Σ_k exp(α_k)      (logsumexp of each edge's logits)
+      L_α = L_val(w, α) + λ_e · L_β(α),   λ_e = λ · e / E   (e the epoch, E the epochs)
+
+  so λ grows linearly from 0 to λ (default 50). The regularizer is Eq. (5)-(7) of the
+  paper (the smoothmax of α, whose gradient softmax(α) decays α towards small and
+  uniform magnitudes); the schedule follows the authors' NAS-Bench-201 code, which
+  uses ``50 * epoch / 100`` over its 100-epoch default. It applies to α only, never
+  to PC-DARTS's β, and works with PC-DARTS too.
+
 References:
   Liu, Simonyan & Yang, "DARTS: Differentiable Architecture Search", ICLR 2019.
   Dong & Yang, "NAS-Bench-201", ICLR 2020.
+  Xu et al., "PC-DARTS: Partial Channel Connections for Memory-Efficient Architecture
+    Search", ICLR 2020.
+  Ye et al., "β-DARTS: Beta-Decay Regularization for Differentiable Architecture
+    Search", CVPR 2022.
 """
 
 from __future__ import annotations
@@ -35,6 +57,9 @@ import optax
 
 from jnas.spaces import nb201 as space
 from jnas.supernet import nb201 as supernet
+from jnas.supernet.network import SearchNetwork
+
+__all__ = ["SearchNetwork"]  # re-exported: spaces build it, searchers consume it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,10 +76,16 @@ class DartsConfig:
     arch_lr: float = 3e-4
     arch_betas: tuple[float, float] = (0.5, 0.999)
     arch_weight_decay: float = 1e-3
+    arch_warmup_steps: int = 0
+    beta_decay: float = 0.0
 
     def __post_init__(self):
         if self.order not in (1, 2):
             raise ValueError(f"DARTS order must be 1 or 2, got {self.order!r}")
+        if self.arch_warmup_steps < 0:
+            raise ValueError(f"arch_warmup_steps must be >= 0, got {self.arch_warmup_steps}")
+        if not self.beta_decay >= 0:
+            raise ValueError(f"beta_decay (λ) must be >= 0, got {self.beta_decay}")
 
 
 class SearchState(NamedTuple):
@@ -80,6 +111,7 @@ class DartsSearch(NamedTuple):
     w_tx: optax.GradientTransformation
     a_tx: optax.GradientTransformation
     lr_schedule: Callable
+    network: SearchNetwork
 
 
 def cross_entropy(logits, labels):
@@ -115,6 +147,17 @@ def arch_weights(arch_params):
     return jax.nn.softmax(arch_params, axis=-1)
 
 
+def beta_decay_loss(op_logits):
+    """β-DARTS's regularizer: the mean over edges of logsumexp of the op logits."""
+    return jnp.mean(jax.nn.logsumexp(op_logits, axis=-1))
+
+
+def beta_decay_weight(step, lam: float, steps_per_epoch: int, epochs: int):
+    """λ_e = λ · e / E with e = step // steps_per_epoch (β-DARTS's linear schedule)."""
+    epoch = jnp.asarray(step) // max(int(steps_per_epoch), 1)
+    return lam * epoch.astype(jnp.float32) / max(int(epochs), 1)
+
+
 def unrolled_weights(params, arch_params, batch, momentum_buffer, lr, config: DartsConfig, loss_fn):
     """The DARTS virtual step ``w - ξ(μ m + ∇_w L_train + λ w)`` as a function of α."""
     grads = jax.grad(lambda p: loss_fn(p, arch_params, batch)[0])(params)
@@ -143,34 +186,71 @@ def momentum_of(w_opt_state, params):
     return traces if traces is not None else jax.tree.map(jnp.zeros_like, params)
 
 
-def make_darts(net_config: supernet.SupernetConfig, config: DartsConfig, total_steps: int, apply_fn=None) -> DartsSearch:
-    """Builds a DARTS search over the NAS-Bench-201 supernet.
-
-    Args:
-      net_config: shape of the supernet.
-      config: DARTS hyperparameters.
-      total_steps: length of the search, for the cosine schedule.
-      apply_fn: ``apply_fn(params, images, arch_weights) -> logits``; defaults to the
-        NAS-Bench-201 supernet (other methods and spaces plug in here).
-
-    Returns:
-      A :class:`DartsSearch` whose ``step`` is pure and jittable.
-    """
+def _nb201_network(net_config: supernet.SupernetConfig, apply_fn=None) -> SearchNetwork:
+    """The NAS-Bench-201 network with a bare ``(6, 5)`` α (the DARTS tests' form)."""
     if apply_fn is None:
         def apply_fn(params, images, weights):
             return supernet.apply(params, images, weights, net_config)
 
+    return SearchNetwork(
+        init=lambda key: supernet.init(key, net_config),
+        init_arch=supernet.init_arch_params,
+        apply=lambda params, images, alpha: apply_fn(params, images, arch_weights(alpha)),
+        op_logits=lambda alpha: alpha,
+        ops=tuple(space.OPS),
+        derive=genotype,
+    )
+
+
+def make_darts(network, config: DartsConfig, total_steps: int, apply_fn=None,
+               steps_per_epoch: int | None = None) -> DartsSearch:
+    """Builds a DARTS (PC-DARTS, β-DARTS) search.
+
+    Args:
+      network: a :class:`SearchNetwork`, or a NAS-Bench-201 ``SupernetConfig`` (then α
+        is a bare ``(6, 5)`` array).
+      config: hyperparameters; ``beta_decay`` > 0 turns on β-DARTS,
+        ``arch_warmup_steps`` PC-DARTS's warm-up.
+      total_steps: length of the search, for the cosine schedule.
+      apply_fn: with a ``SupernetConfig`` only: ``apply_fn(params, images,
+        arch_weights) -> logits`` replaces the supernet (the tests plug tiny nets in).
+      steps_per_epoch: for β-DARTS's epoch-wise λ schedule (default: ``total_steps``,
+        one epoch).
+
+    Returns:
+      A :class:`DartsSearch` whose ``step`` is pure and jittable. Its metrics include
+      ``arch_updated`` (0 during the warm-up) and ``reg_weight`` (λ_e).
+    """
+    if isinstance(network, supernet.SupernetConfig):
+        network = _nb201_network(network, apply_fn)
+    elif apply_fn is not None:
+        raise ValueError("apply_fn goes with a SupernetConfig; a SearchNetwork brings its own apply")
+
     w_tx, schedule = weight_optimizer(config, total_steps)
     a_tx = arch_optimizer(config)
+    spe = steps_per_epoch or max(int(total_steps), 1)
+    epochs = -(-max(int(total_steps), 1) // spe)
 
     def loss_fn(params, arch_params, batch: Batch):
-        logits = apply_fn(params, batch.images, arch_weights(arch_params))
+        logits = network.apply(params, batch.images, arch_params)
         return cross_entropy(logits, batch.labels), logits
+
+    def arch_objective(step):
+        """The α objective: L_val plus, for β-DARTS, λ_e L_β(α)."""
+        lam = beta_decay_weight(step, config.beta_decay, spe, epochs) if config.beta_decay else 0.0
+
+        def objective(params, arch_params, batch):
+            loss, logits = loss_fn(params, arch_params, batch)
+            if config.beta_decay:
+                loss = loss + lam * beta_decay_loss(network.op_logits(arch_params))
+            return loss, logits
+
+        return objective, lam
 
     def init(key):
         net_key, arch_key, state_key = jax.random.split(key, 3)
-        params = supernet.init(net_key, net_config)
-        arch_params = supernet.init_arch_params(arch_key)
+        params = network.init(net_key)
+        arch_params = network.init_arch(arch_key)
         return SearchState(
             params=params,
             arch_params=arch_params,
@@ -180,6 +260,25 @@ def make_darts(net_config: supernet.SupernetConfig, config: DartsConfig, total_s
             step=jnp.zeros((), jnp.int32),
         )
 
+    def arch_update(state, params, w_opt_state, train_batch, val_batch):
+        objective, lam = arch_objective(state.step)
+        if config.order == 1:
+            (_, val_logits), a_grads = jax.value_and_grad(objective, argnums=1, has_aux=True)(
+                params, state.arch_params, val_batch
+            )
+        else:
+            lr = schedule(state.step)
+            _, val_logits, a_grads = second_order_arch_grad(
+                params, state.arch_params, train_batch, val_batch,
+                momentum_of(w_opt_state, params), lr, config, loss_fn,
+            )
+            if config.beta_decay:
+                reg_grad = jax.grad(lambda a: beta_decay_loss(network.op_logits(a)))(state.arch_params)
+                a_grads = jax.tree.map(lambda g, r: g + lam * r, a_grads, reg_grad)
+        a_updates, a_opt_state = a_tx.update(a_grads, state.a_opt_state, state.arch_params)
+        arch_params = optax.apply_updates(state.arch_params, a_updates)
+        return arch_params, a_opt_state, val_logits
+
     def step(state: SearchState, train_batch: Batch, val_batch: Batch):
         (train_loss, train_logits), w_grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.arch_params, train_batch
@@ -187,30 +286,34 @@ def make_darts(net_config: supernet.SupernetConfig, config: DartsConfig, total_s
         w_updates, w_opt_state = w_tx.update(w_grads, state.w_opt_state, state.params)
         params = optax.apply_updates(state.params, w_updates)
 
-        if config.order == 1:
-            (val_loss, val_logits), a_grads = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)(
-                params, state.arch_params, val_batch
+        if config.arch_warmup_steps:
+            def frozen(operands):
+                st, p, _, _, vb = operands
+                # the weights still train; α, β and Adam's moments stay as they are
+                return st.arch_params, st.a_opt_state, network.apply(p, vb.images, st.arch_params)
+
+            active = state.step >= config.arch_warmup_steps
+            arch_params, a_opt_state, val_logits = jax.lax.cond(
+                active, lambda ops: arch_update(*ops), frozen,
+                (state, params, w_opt_state, train_batch, val_batch),
             )
         else:
-            lr = schedule(state.step)
-            val_loss, val_logits, a_grads = second_order_arch_grad(
-                params, state.arch_params, train_batch, val_batch,
-                momentum_of(w_opt_state, params), lr, config, loss_fn,
-            )
-        a_updates, a_opt_state = a_tx.update(a_grads, state.a_opt_state, state.arch_params)
-        arch_params = optax.apply_updates(state.arch_params, a_updates)
+            active = jnp.asarray(True)
+            arch_params, a_opt_state, val_logits = arch_update(state, params, w_opt_state, train_batch, val_batch)
 
         metrics = {
             "train_loss": train_loss,
             "train_acc": accuracy(train_logits, train_batch.labels),
-            "val_loss": val_loss,
+            "val_loss": cross_entropy(val_logits, val_batch.labels),
             "val_acc": accuracy(val_logits, val_batch.labels),
             "lr": schedule(state.step),
+            "arch_updated": active.astype(jnp.float32),
+            "reg_weight": jnp.asarray(arch_objective(state.step)[1], jnp.float32),
         }
         new_state = SearchState(params, arch_params, w_opt_state, a_opt_state, state.key, state.step + 1)
         return new_state, metrics
 
-    return DartsSearch(init, step, loss_fn, w_tx, a_tx, schedule)
+    return DartsSearch(init, step, loss_fn, w_tx, a_tx, schedule, network)
 
 
 def genotype(arch_params) -> str:

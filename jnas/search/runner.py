@@ -15,12 +15,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from jnas import data as jdata
+from jnas import diagnostics
 from jnas.search import darts
-from jnas.spaces import nb201 as space
 from jnas.supernet import nb201 as supernet
 
-METHODS = ("darts",)
+METHODS = ("darts", "pcdarts", "beta-darts")
 SPACES = ("nb201",)
+# Published defaults of the methods' own options (see jnas.search.darts).
+PCDARTS_K = 4
+PCDARTS_ARCH_LR = 6e-4
+PCDARTS_WARMUP_FRACTION = 15 / 50  # α frozen for the first 15 of 50 epochs
+BETA_DECAY_LAMBDA = 50.0
 # `jnas search` with no options: a short search that finishes in a couple of minutes
 # on 2 CPU cores (measured in the README).
 DEFAULT_EPOCHS = {"digits": 10}
@@ -43,6 +48,17 @@ class SearchConfig:
     cells: int = 5
     seed: int = 0
     limit: int | None = None
+    # method options; None means the method's published default
+    partial_channels: int | None = None
+    edge_normalization: bool | None = None
+    arch_warmup_epochs: int | None = None
+    arch_lr: float | None = None
+    beta_decay: float | None = None
+    # diagnostics: the Hessian's dominant eigenvalue every N epochs (0: off; it costs
+    # about 2 * hessian_iters forward-backward passes per evaluated batch)
+    hessian_every: int = 0
+    hessian_batches: int = 2
+    hessian_iters: int = 20
 
     def __post_init__(self):
         if self.space not in SPACES:
@@ -62,6 +78,46 @@ class SearchConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.seed < 0:
             raise ValueError(f"seed must be non-negative, got {self.seed}")
+        if self.partial_channels is not None:
+            if self.partial_channels <= 0 or self.channels % self.partial_channels:
+                raise ValueError(f"--partial-channels must divide --channels={self.channels}, "
+                                 f"got {self.partial_channels}")
+            if self.method != "pcdarts" and self.partial_channels != 1:
+                raise ValueError("--partial-channels is a PC-DARTS option (use --method pcdarts)")
+        elif self.method == "pcdarts" and self.channels % PCDARTS_K:
+            raise ValueError(f"PC-DARTS's K={PCDARTS_K} must divide --channels={self.channels}; "
+                             "set --partial-channels")
+        if self.edge_normalization and self.method != "pcdarts":
+            raise ValueError("--edge-normalization is a PC-DARTS option (use --method pcdarts)")
+        if self.arch_warmup_epochs is not None and self.arch_warmup_epochs < 0:
+            raise ValueError(f"--arch-warmup-epochs must be >= 0, got {self.arch_warmup_epochs}")
+        if self.arch_lr is not None and not self.arch_lr > 0:
+            raise ValueError(f"--arch-lr must be positive, got {self.arch_lr}")
+        if self.beta_decay is not None and not self.beta_decay >= 0:
+            raise ValueError(f"--beta-decay must be >= 0, got {self.beta_decay}")
+        for name in ("hessian_every",):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("hessian_batches", "hessian_iters"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def method_options(self, epochs: int) -> dict[str, Any]:
+        """The method's options with published defaults filled in (recorded in result.json)."""
+        pc = self.method == "pcdarts"
+        warmup = self.arch_warmup_epochs
+        if warmup is None:
+            warmup = round(PCDARTS_WARMUP_FRACTION * epochs) if pc else 0
+        beta = self.beta_decay
+        if beta is None:
+            beta = BETA_DECAY_LAMBDA if self.method == "beta-darts" else 0.0
+        return {
+            "partial_channels": self.partial_channels or (PCDARTS_K if pc else 1),
+            "edge_normalization": pc if self.edge_normalization is None else bool(self.edge_normalization),
+            "arch_warmup_epochs": warmup,
+            "arch_lr": self.arch_lr or (PCDARTS_ARCH_LR if pc else darts.DartsConfig.arch_lr),
+            "beta_decay": float(beta),
+        }
 
     def resolved_epochs(self) -> int:
         if self.epochs is not None:
@@ -94,16 +150,26 @@ def run_search(config: SearchConfig, *, table=None, progress: bool = True, datas
         epochs = math.ceil(total_steps / batches.steps_per_epoch)
 
     height, width, in_channels = dataset.image_shape
+    options = config.method_options(epochs)
     net_config = supernet.SupernetConfig(
         channels=config.channels,
         cells=config.cells,
         num_classes=dataset.num_classes,
         in_channels=in_channels,
         image_size=height,
+        partial_channels=options["partial_channels"],
     )
-    search = darts.make_darts(net_config, darts.DartsConfig(order=config.order), total_steps)
+    network = supernet.search_network(net_config, edge_normalization=options["edge_normalization"])
+    darts_config = darts.DartsConfig(
+        order=config.order,
+        arch_lr=options["arch_lr"],
+        arch_warmup_steps=options["arch_warmup_epochs"] * batches.steps_per_epoch,
+        beta_decay=options["beta_decay"],
+    )
+    search = darts.make_darts(network, darts_config, total_steps, steps_per_epoch=batches.steps_per_epoch)
     state = search.init(jax.random.key(config.seed))
     step_fn = jax.jit(search.step, donate_argnums=0)
+    hessian_fn = _hessian_probe(search, config, batches) if config.hessian_every else None
 
     bar = None
     if progress:
@@ -131,7 +197,6 @@ def run_search(config: SearchConfig, *, table=None, progress: bool = True, datas
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, val_acc=f"{metrics['val_acc']:.3f}")
-        weights = np.asarray(darts.arch_weights(state.arch_params))
         record = {
             "epoch": epoch,
             "steps": len(sums.get("train_loss", [])),
@@ -140,21 +205,28 @@ def run_search(config: SearchConfig, *, table=None, progress: bool = True, datas
             "val_loss": _mean(sums.get("val_loss")),
             "val_acc": _mean(sums.get("val_acc")),
             "lr": _mean(sums.get("lr")),
-            "arch_weights": weights.tolist(),
-            "genotype": space.format_arch(space.derive(weights)),
-            "seconds": time.perf_counter() - epoch_start,
+            "arch_updated_steps": int(sum(sums.get("arch_updated", []))),
+            "reg_weight": _mean(sums.get("reg_weight")),
         }
+        record |= _arch_record(network, state.arch_params)
+        if hessian_fn is not None and (epoch + 1) % config.hessian_every == 0:
+            probe_start = time.perf_counter()
+            record["hessian_eigenvalue"] = float(hessian_fn(state.params, state.arch_params))
+            record["hessian_seconds"] = time.perf_counter() - probe_start
+        record["seconds"] = time.perf_counter() - epoch_start
         if table is not None:
             record["nb201"] = table.lookup(record["genotype"])
         history.append(record)
     if bar is not None:
         bar.close()
 
-    weights = np.asarray(darts.arch_weights(state.arch_params))
+    final = _arch_record(network, state.arch_params)
     result = {
-        "genotype": space.format_arch(space.derive(weights)),
-        "arch_weights": weights.tolist(),
-        "ops": list(space.OPS),
+        "genotype": final["genotype"],
+        "arch_weights": final["arch_weights"],
+        "ops": list(network.ops),
+        "method": config.method,
+        "method_options": options,
         "history": history,
         "config": dataclasses.asdict(config) | {"epochs_run": epochs, "total_steps": total_steps},
         "dataset": {"name": dataset.name, "train_images": int(len(dataset.labels)), "image_shape": list(dataset.image_shape)},
@@ -163,7 +235,56 @@ def run_search(config: SearchConfig, *, table=None, progress: bool = True, datas
         "jax_version": jax.__version__,
         "backend": jax.default_backend(),
     }
+    if "edge_weights" in final:
+        result["edge_weights"] = final["edge_weights"]
     if table is not None:
         lookup = table.lookup(result["genotype"])
         result["nb201"] = {k: lookup[k] for k in ("index", "c10_valid_acc_200", "c10_test_acc_200")}
     return result
+
+
+def _arch_record(network, arch_params) -> dict[str, Any]:
+    """What the architecture looks like now: op weights, derived cell, collapse indicators."""
+    arch_params = jax.device_get(arch_params)
+    weights = np.asarray(jax.nn.softmax(np.asarray(network.op_logits(arch_params)), axis=-1))
+    genotype = network.derive(arch_params)
+    record = {
+        "arch_weights": weights.tolist(),
+        "genotype": genotype,
+        "param_free_weight": diagnostics.parameter_free_weight(weights, network.ops).tolist(),
+        "skip_count": diagnostics.skip_count(genotype),
+    }
+    if isinstance(arch_params, dict) and "beta" in arch_params:
+        record["edge_weights"] = np.asarray(supernet.edge_softmax(arch_params["beta"])).tolist()
+    return record
+
+
+def _hessian_probe(search, config: SearchConfig, batches):
+    """A jitted ``(params, arch_params) -> eigenvalue`` on fixed validation batches.
+
+    The batches are the first ``hessian_batches`` validation batches of epoch 0's order,
+    the same at every epoch, so the curve moves only with (w, α). The Hessian is taken
+    with respect to α (the op logits), as in RobustDARTS.
+    """
+    images, labels = [], []
+    for k, (_, _, val_x, val_y) in enumerate(batches.epoch(0)):
+        if k >= config.hessian_batches:
+            break
+        images.append(val_x)
+        labels.append(val_y)
+    images = jnp.asarray(np.stack(images))
+    labels = jnp.asarray(np.stack(labels))
+    key = jax.random.fold_in(jax.random.key(config.seed), 0x4E55)
+
+    @jax.jit
+    def probe(params, arch_params):
+        # with respect to α only (PC-DARTS's edge β held fixed), so methods compare
+        def val_loss(alpha):
+            arch = arch_params | {"alpha": alpha}
+            losses = jax.lax.map(lambda xy: search.loss(params, arch, darts.Batch(*xy))[0], (images, labels))
+            return jnp.mean(losses)
+
+        eig, _ = diagnostics.dominant_eigenvalue(val_loss, arch_params["alpha"], key, iters=config.hessian_iters)
+        return eig
+
+    return probe

@@ -19,7 +19,8 @@ The reference's cell convolutions carry a bias when BN is not affine; a bias bef
 batch-statistics BN cancels exactly, so it is left out here.
 
 The architecture enters as an array ``arch_weights`` of shape ``(6, 5)``: softmax(α)
-for DARTS, one-hot codes for a discrete cell. The same compiled function therefore
+for DARTS, one-hot codes for a discrete cell (plus, for PC-DARTS's edge
+normalization, per-edge weights ``edge_weights`` of shape ``(6,)``). The same compiled function therefore
 serves every architecture, and ``jax.vmap`` over ``arch_weights`` evaluates many
 architectures on one batch with shared weights.
 
@@ -29,6 +30,14 @@ node, ONE 3x3 and ONE 1x1 convolution covering all of that node's outgoing edges
 node output goes through :func:`materialize`. The identical cells of a stage can run
 under ``lax.scan`` over stacked parameters (``scan_cells``), so compile time does not
 grow with N; unrolled is the default because it runs faster.
+
+PC-DARTS (Xu et al., ICLR 2020; ``partial_channels`` K > 1): on every edge only the
+first C/K channels of the source node go through the mixed op, the other channels
+bypass it, the two parts are concatenated and channel-shuffled with K groups. The
+shuffle is a fixed permutation, so the sum over a node's incoming edges is shuffled
+once per node -- folded into :func:`materialize`, whose identity becomes the
+permutation matrix. Edge normalization multiplies each edge's whole output (mixed
+part and bypass) by its weight in ``edge_weights``.
 """
 
 from __future__ import annotations
@@ -61,6 +70,8 @@ class SupernetConfig:
       image_size: image height = width (e.g. 28 or 32; 8 for the digits demo).
       scan_cells: run each stage's identical cells under ``lax.scan`` (compiles faster,
         but the step ran ~1.8x slower on XLA CPU in our measurement; cause not yet profiled).
+      partial_channels: PC-DARTS's K: a 1/K slice of channels goes through the cell ops
+        (1: plain DARTS). Must divide ``channels``.
     """
 
     channels: int = 16
@@ -69,17 +80,23 @@ class SupernetConfig:
     in_channels: int = 3
     image_size: int = 32
     scan_cells: bool = False
+    partial_channels: int = 1
 
     def __post_init__(self):
         for name in ("channels", "cells", "num_classes", "in_channels", "image_size"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"SupernetConfig.{name} must be a positive integer, got {value!r}")
+        k = self.partial_channels
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0 or self.channels % k:
+            raise ValueError(
+                f"partial_channels must be a positive divisor of channels={self.channels}, got {k!r}"
+            )
         if self.image_size < 4:
             raise ValueError(f"image_size must be at least 4 (two stride-2 reductions), got {self.image_size}")
 
 
-def materialize(x):
+def materialize(x, matrix=None):
     """Identity that XLA must materialise: a GEMM with the identity matrix.
 
     XLA's CPU fusion duplicates cheap elementwise producers into every consumer.
@@ -89,9 +106,25 @@ def materialize(x):
     depth (56 s vs 0.75 s for 5 vs 1 cell, measured). A dot is never fused into its
     consumers, and its transpose (in the backward) is again a dot, so both the node
     and its gradient become materialised buffers. Cost: one C x C GEMM per node.
+    ``matrix`` replaces the identity (a channel permutation, for PC-DARTS's shuffle).
     """
-    eye = jnp.eye(x.shape[-1], dtype=x.dtype)
-    return jnp.einsum("...c,cd->...d", x, eye)
+    if matrix is None:
+        matrix = jnp.eye(x.shape[-1], dtype=x.dtype)
+    return jnp.einsum("...c,cd->...d", x, matrix.astype(x.dtype))
+
+
+def shuffle_matrix(channels: int, groups: int) -> np.ndarray:
+    """``x @ P`` is PC-DARTS's ``channel_shuffle(x, groups)``.
+
+    Channels viewed as ``(groups, channels // groups)`` are transposed: input channel
+    ``g * (channels // groups) + c`` lands on output channel ``c * groups + g``.
+    """
+    per = channels // groups
+    matrix = np.zeros((channels, channels), np.float32)
+    for g in range(groups):
+        for c in range(per):
+            matrix[g * per + c, c * groups + g] = 1.0
+    return matrix
 
 
 def _uniform(key, shape, fan_in, dtype=jnp.float32):
@@ -108,7 +141,7 @@ def init(key: jax.Array, config: SupernetConfig) -> dict:
     ``w1`` ``(N, 6, C, C)`` holds the 1x1 kernels and ``w3`` ``(N, 6, 3, 3, C, C)`` the
     3x3 kernels of the six edges.
     """
-    c, n = config.channels, config.cells
+    c, n, k = config.channels, config.cells, config.partial_channels
     keys = iter(jax.random.split(key, 64))
     params = {
         "stem": {
@@ -121,10 +154,11 @@ def init(key: jax.Array, config: SupernetConfig) -> dict:
     }
     widths = (c, 2 * c, 4 * c)
     for s, width in enumerate(widths):
+        part = width // k
         params["stages"].append(
             {
-                "w1": _uniform(next(keys), (n, space.NUM_EDGES, width, width), width),
-                "w3": _uniform(next(keys), (n, space.NUM_EDGES, 3, 3, width, width), 9 * width),
+                "w1": _uniform(next(keys), (n, space.NUM_EDGES, part, part), part),
+                "w3": _uniform(next(keys), (n, space.NUM_EDGES, 3, 3, part, part), 9 * part),
             }
         )
         if s + 1 < len(widths):
@@ -155,40 +189,66 @@ def init_arch_params(key: jax.Array) -> jax.Array:
     return 1e-3 * jax.random.normal(key, (space.NUM_EDGES, space.NUM_OPS))
 
 
-def cell(w1, w3, h0, arch_weights):
+def edge_softmax(beta: jax.Array) -> jax.Array:
+    """PC-DARTS edge normalization: softmax of ``beta`` ``(..., 6)`` over each node's incoming edges."""
+    out = jnp.zeros_like(beta)
+    for node in range(1, space.NUM_NODES):
+        idx = np.asarray([e for e, (_, dst) in enumerate(space.EDGES) if dst == node])
+        out = out.at[..., idx].set(jax.nn.softmax(beta[..., idx], axis=-1))
+    return out
+
+
+def cell(w1, w3, h0, arch_weights, edge_weights=None):
     """One search cell.
 
     Args:
-      w1: ``(6, C, C)`` 1x1 kernels of the six edges.
-      w3: ``(6, 3, 3, C, C)`` 3x3 kernels.
+      w1: ``(6, P, P)`` 1x1 kernels of the six edges (``P = C / K``, K the PC-DARTS
+        partial-channel factor, read from the kernel shape; K = 1 is plain DARTS).
+      w3: ``(6, 3, 3, P, P)`` 3x3 kernels.
       h0: ``(B, H, W, C)`` cell input.
       arch_weights: ``(6, 5)`` weights of the ops on every edge (``none`` ignored: it is zero).
+      edge_weights: optional ``(6,)`` PC-DARTS edge-normalization weights.
 
     Returns:
       ``(B, H, W, C)``, node 3.
     """
     c = h0.shape[-1]
+    p = w1.shape[-1]
+    partial = p != c
     nodes = [h0]
     incoming = {j: [] for j in range(1, space.NUM_NODES)}
+    bypass = {j: [] for j in range(1, space.NUM_NODES)}
     for i, out_edges in enumerate(_OUT_EDGES):
         h = nodes[i]
-        r = jax.nn.relu(h)
+        hp = h[..., :p] if partial else h
+        r = jax.nn.relu(hp)
         idx = np.asarray(out_edges)
-        k3 = jnp.transpose(w3[idx], (1, 2, 3, 0, 4)).reshape(3, 3, c, len(idx) * c)
-        k1 = jnp.transpose(w1[idx], (1, 0, 2)).reshape(1, 1, c, len(idx) * c)
+        k3 = jnp.transpose(w3[idx], (1, 2, 3, 0, 4)).reshape(3, 3, p, len(idx) * p)
+        k1 = jnp.transpose(w1[idx], (1, 0, 2)).reshape(1, 1, p, len(idx) * p)
         y3 = ops.batch_norm(ops.conv2d(r, k3, 1, 1))
         y1 = ops.batch_norm(ops.conv2d(r, k1, 1, 0))
-        pooled = ops.avg_pool_3x3(h)
+        pooled = ops.avg_pool_3x3(hp)
         for slot, edge in enumerate(out_edges):
             a = arch_weights[edge]
             term = (
-                a[_SKIP] * h
-                + a[_CONV1] * y1[..., slot * c : (slot + 1) * c]
-                + a[_CONV3] * y3[..., slot * c : (slot + 1) * c]
+                a[_SKIP] * hp
+                + a[_CONV1] * y1[..., slot * p : (slot + 1) * p]
+                + a[_CONV3] * y3[..., slot * p : (slot + 1) * p]
                 + a[_POOL] * pooled
             )
-            incoming[space.EDGES[edge][1]].append(term)
-        nodes.append(materialize(sum(incoming[i + 1])))
+            rest = h[..., p:] if partial else None
+            if edge_weights is not None:
+                term = edge_weights[edge] * term
+                rest = edge_weights[edge] * rest if partial else None
+            dst = space.EDGES[edge][1]
+            incoming[dst].append(term)
+            bypass[dst].append(rest)
+        node = sum(incoming[i + 1])
+        if partial:
+            node = jnp.concatenate([node, sum(bypass[i + 1])], axis=-1)
+            nodes.append(materialize(node, jnp.asarray(shuffle_matrix(c, c // p))))
+        else:
+            nodes.append(materialize(node))
     return nodes[-1]
 
 
@@ -204,25 +264,25 @@ def reduction_block(p, x):
     return materialize(shortcut + y)
 
 
-def _stage(stage_params, x, arch_weights, scan: bool):
+def _stage(stage_params, x, arch_weights, scan: bool, edge_weights=None):
     w1s, w3s = stage_params["w1"], stage_params["w3"]
     if scan:
         def body(h, ws):
-            return cell(ws[0], ws[1], h, arch_weights), None
+            return cell(ws[0], ws[1], h, arch_weights, edge_weights), None
 
         x, _ = jax.lax.scan(body, x, (w1s, w3s))
         return x
     for k in range(w1s.shape[0]):
-        x = cell(w1s[k], w3s[k], x, arch_weights)
+        x = cell(w1s[k], w3s[k], x, arch_weights, edge_weights)
     return x
 
 
-def features(params, images, arch_weights, config: SupernetConfig):
+def features(params, images, arch_weights, config: SupernetConfig, edge_weights=None):
     """Pooled features ``(B, 4C)`` before the classifier."""
     stem = params["stem"]
     x = ops.batch_norm(ops.conv2d(images, stem["w"], 1, 1), stem["scale"], stem["bias"])
     for s, stage_params in enumerate(params["stages"]):
-        x = _stage(stage_params, x, arch_weights, config.scan_cells)
+        x = _stage(stage_params, x, arch_weights, config.scan_cells, edge_weights)
         if s < len(params["reductions"]):
             x = reduction_block(params["reductions"][s], x)
     head = params["head"]
@@ -230,15 +290,51 @@ def features(params, images, arch_weights, config: SupernetConfig):
     return jnp.mean(x, axis=(1, 2))
 
 
-def apply(params, images, arch_weights, config: SupernetConfig):
+def apply(params, images, arch_weights, config: SupernetConfig, edge_weights=None):
     """Logits ``(B, num_classes)`` of the supernet on ``images`` ``(B, H, W, C_in)``.
 
     ``arch_weights`` is ``(6, 5)``; vmap over a leading axis of it (with ``params`` and
     ``images`` unbatched) to evaluate many architectures with shared weights.
+    ``edge_weights`` ``(6,)``: PC-DARTS edge normalization (default: none).
     """
-    feats = features(params, images, arch_weights, config)
+    feats = features(params, images, arch_weights, config, edge_weights)
     return feats @ params["head"]["w"] + params["head"]["b"]
 
 
 def count_params(params) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
+
+
+def search_network(config: SupernetConfig, edge_normalization: bool = False):
+    """The NAS-Bench-201 supernet as a :class:`jnas.supernet.network.SearchNetwork`.
+
+    ``arch_params`` is ``{"alpha": (6, 5)}``, plus ``{"beta": (6,)}`` with PC-DARTS edge
+    normalization (its derived cell weighs each edge's op weights by the edge's weight;
+    in this space every node keeps all of its incoming edges, so only α decides).
+    """
+    from jnas.supernet.network import SearchNetwork
+
+    def init_arch(key):
+        alpha_key, beta_key = jax.random.split(key)
+        arch = {"alpha": init_arch_params(alpha_key)}
+        if edge_normalization:
+            arch["beta"] = 1e-3 * jax.random.normal(beta_key, (space.NUM_EDGES,))
+        return arch
+
+    def apply_arch(params, images, arch_params):
+        weights = jax.nn.softmax(arch_params["alpha"], axis=-1)
+        edge_weights = edge_softmax(arch_params["beta"]) if "beta" in arch_params else None
+        return apply(params, images, weights, config, edge_weights)
+
+    def derive(arch_params):
+        weights = np.asarray(jax.nn.softmax(jnp.asarray(arch_params["alpha"]), axis=-1))
+        return space.format_arch(space.derive(weights))
+
+    return SearchNetwork(
+        init=lambda key: init(key, config),
+        init_arch=init_arch,
+        apply=apply_arch,
+        op_logits=lambda arch_params: arch_params["alpha"],
+        ops=tuple(space.OPS),
+        derive=derive,
+    )
