@@ -1,7 +1,7 @@
 """Where the architecture's weight goes: parameter-free ops and skip connections.
 
 DARTS's failure mode is a drift of the op weights towards parameter-free ops
-(``none``, ``skip_connect``, pooling): they fit the validation loss early because
+(``none``, ``skip_connect``, pooling, S4's ``noise``): they fit the validation loss early because
 they need no training, and the derived cell ends up all-skip (NAS-Bench-201: 54.30 %
 test accuracy on CIFAR-10). These are the per-epoch numbers that show it.
 """
@@ -12,7 +12,8 @@ import re
 
 import numpy as np
 
-PARAMETER_FREE_OPS = ("none", "skip_connect", "avg_pool_3x3", "max_pool_3x3")
+# noise: RobustDARTS S4's parameter-free harmful op
+PARAMETER_FREE_OPS = ("none", "skip_connect", "avg_pool_3x3", "max_pool_3x3", "noise")
 
 
 def parameter_free_weight(op_weights, ops) -> np.ndarray:

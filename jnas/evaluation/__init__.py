@@ -1,0 +1,1 @@
+"""Training a discovered cell from scratch: the DARTS evaluation network and protocol."""
