@@ -369,6 +369,8 @@ def run_many(
     chunk_size: int = 100,
     grid_points: int = 241,
     progress: bool = False,
+    resume: Callable[[Any], tuple[int, Any] | None] | None = None,
+    on_chunk: Callable[[int, Any], None] | None = None,
 ) -> ManyRuns:
     """Runs ``num_runs`` independent searches, vmapped in chunks, and gathers them.
 
@@ -387,6 +389,14 @@ def run_many(
       chunk_size: runs per vmapped call (bounds memory; one progress step each).
       grid_points: points of the trajectory grid, evenly spaced over ``[0, budget]``.
       progress: show a tqdm bar over the chunks on stderr, when stderr is a terminal.
+      resume: ``resume(template) -> (chunks_done, buffers) | None``: the results of the
+        first ``chunks_done`` chunks, saved by ``on_chunk`` of an earlier, interrupted
+        call with the same arguments; ``template`` is a pytree of ``ShapeDtypeStruct``
+        with the buffers' structure. The remaining chunks give exactly what an
+        uninterrupted call would (each chunk depends only on its run keys).
+      on_chunk: ``on_chunk(chunks_done, buffers)`` after each chunk: the per-run results
+        (``(chunks * chunk_size, ...)`` host arrays, rows of later chunks still zero) to
+        checkpoint.
 
     Returns:
       :class:`ManyRuns`.
@@ -411,12 +421,23 @@ def run_many(
         fields = (result.best_code, result.best_reward, result.best_valid, result.best_test)
         return fields + (result.num_queries, result.elapsed, trajectory, result.state)
 
-    pieces = []
     starts = range(0, int(num_runs), chunk)
-    for start in tqdm(starts, desc="runs", unit="chunk", disable=None if progress else True, leave=False):
-        keys = run_keys(seed, chunk, start)
-        pieces.append(jax.device_get(gather(run(benchmark, keys, budget))))
-    stacked = jax.tree.map(lambda *xs: np.concatenate(xs)[:num_runs], *pieces)
+    one_chunk = jax.eval_shape(lambda: gather(run(benchmark, run_keys(seed, chunk, 0), budget)))
+    template = jax.tree.map(lambda x: jax.ShapeDtypeStruct((len(starts) * chunk, *x.shape[1:]), x.dtype), one_chunk)
+    done = 0
+    restored = resume(template) if resume is not None else None
+    if restored is not None:
+        done, buffers = restored[0], jax.tree.map(np.array, restored[1])  # writable host copies
+    else:
+        buffers = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), template)
+    for k in tqdm(range(done, len(starts)), desc="runs", unit="chunk", disable=None if progress else True,
+                  leave=False, initial=done, total=len(starts)):
+        start = starts[k]
+        piece = jax.device_get(gather(run(benchmark, run_keys(seed, chunk, start), budget)))
+        jax.tree.map(lambda buffer, part: buffer.__setitem__(slice(start, start + chunk), part), buffers, piece)
+        if on_chunk is not None:
+            on_chunk(k + 1, buffers)
+    stacked = jax.tree.map(lambda x: np.asarray(x)[:num_runs], buffers)
     best_code, best_reward, best_valid, best_test, num_queries, elapsed, trajectory, state = stacked
     return ManyRuns(
         best_code=best_code,

@@ -7,6 +7,11 @@ in ``jnas.benchmarks.protocol``.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import shutil
+import signal
+import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -20,6 +25,92 @@ ALGORITHMS = {
     "local": "local search (first-improvement hill climbing with restarts)",
 }
 MAX_RUNS = 100_000
+CHUNK_RUNS = 100
+CHECKPOINTS = "checkpoints"
+INTERRUPTED_EXIT = 130
+
+
+class _Interrupted(Exception):
+    def __init__(self, chunks: int, path):
+        super().__init__(f"interrupted after {chunks} chunks")
+        self.chunks, self.path = chunks, path
+
+
+class _InterruptToCheckpoint:
+    """SIGINT sets a flag; the next chunk boundary saves its checkpoint and stops."""
+
+    def __init__(self, enabled: bool):
+        self.flag = False
+        self._previous = None
+        self._enabled = enabled and threading.current_thread() is threading.main_thread()
+
+    def __enter__(self):
+        if self._enabled:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.flag = True
+
+    def __exit__(self, *exc):
+        if self._enabled:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+    def wrap(self, on_chunk):
+        def wrapped(chunks, buffers):
+            path = on_chunk(chunks, buffers)
+            if self.flag:
+                raise _Interrupted(chunks, path)
+
+        return wrapped
+
+
+def _file_digest(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_resume(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuses to resume what cannot be, and to start over what holds a run, before any work."""
+    checkpoints = out / CHECKPOINTS
+    if resume:
+        if not checkpoints.is_dir():
+            raise UsageError(f"--resume {out}: no {CHECKPOINTS}/ directory there to resume from")
+        if (out / "result.json").exists():
+            raise UsageError(f"--resume {out}: that run has finished (result.json); nothing to resume")
+    elif checkpoints.is_dir() and not overwrite:
+        raise UsageError(f"{out} holds checkpoints of an unfinished run; pass --resume {out} to continue it "
+                         "or --overwrite to start over")
+
+
+def _chunk_checkpoints(directory: Path, config: dict, keep, resume: bool) -> dict:
+    """``resume``/``on_chunk`` hooks of :func:`jnas.benchmarks.protocol.run_many` on orbax checkpoints."""
+    import jax
+    import numpy as np
+
+    from jnas import checkpoint
+
+    store = checkpoint.Checkpoints(directory, "evolve", config, keep=keep or checkpoint.DEFAULT_KEEP)
+
+    def restore(template):
+        if not resume:
+            return None
+        like = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), template)
+        restored = store.restore(like)
+        if restored is None:
+            return None
+        print(f"jnas: resuming from {restored.path} ({restored.meta['chunks_done']} chunk(s) of runs done)",
+              file=sys.stderr, flush=True)
+        return restored.meta["chunks_done"], restored.arrays
+
+    def on_chunk(chunks_done, buffers):
+        return store.save(chunks_done, buffers, {"chunks_done": chunks_done})
+
+    return {"resume": restore, "on_chunk": on_chunk, "close": store.close}
 
 
 def _positive_seconds(text: str) -> float:
@@ -72,6 +163,16 @@ def add_parser(subparsers) -> None:
         help="also write DIR/result.json with per-run results and the trajectory "
         "(--supernet: always written; default runs/supernet-ALGO-DATASET-seedK)"
     )
+    parser.add_argument("--chunk-runs", type=bounded_int(MAX_RUNS), default=None, metavar="N",
+                        help="tabular mode: runs per vmapped call, the unit of checkpointing (default: 100)")
+    ckpt = parser.add_argument_group(
+        "checkpoints (tabular mode, with --out: in OUT/checkpoints after every chunk of runs; "
+        "SIGINT saves one and exits)")
+    ckpt.add_argument("--resume", metavar="DIR", default=None,
+                      help="continue the run in DIR (its --out) from its newest intact checkpoint; "
+                           "pass the same options as the first time")
+    ckpt.add_argument("--keep", type=bounded_int(1000), default=None, metavar="K",
+                      help="keep the newest K checkpoints (default: 3)")
     group = parser.add_argument_group(
         "weight-sharing mode (--supernet)",
         "Instead of the table, a query's fitness is the held-out accuracy of the cell in a supernet "
@@ -93,7 +194,7 @@ def add_parser(subparsers) -> None:
                        help="distinct random cells for Kendall tau (default: 200)")
     group.add_argument("--eval-images", type=positive_int, default=None,
                        help="held-out images scoring each cell (default: the whole held-out half)")
-    group.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
 
@@ -141,24 +242,37 @@ def _nan_to_none(values):
 
 def run(args) -> int:
     if args.supernet:
+        given = [_flag(name) for name in ("resume", "keep", "chunk_runs") if getattr(args, name) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: only in the tabular mode; --supernet runs cannot be "
+                             "checkpointed yet")
         if args.budget_seconds is not None:
             raise UsageError("--budget-seconds belongs to the tabular mode; --supernet runs a fixed number of --queries")
         return run_supernet(args)
     given = [_flag(name) for name in SUPERNET_ONLY if getattr(args, name) is not None]
-    given += [_flag(name) for name in ("overwrite", "no_progress") if getattr(args, name)]
+    given += [_flag(name) for name in ("no_progress",) if getattr(args, name)]
     if given:
         raise UsageError(f"{', '.join(given)} only apply with --supernet")
     if args.budget_seconds is None:
         args.budget_seconds = 12000.0
     if args.runs is None:
         args.runs = 500
+    if args.resume is not None:
+        if args.out is not None and Path(args.out).absolute() != Path(args.resume).absolute():
+            raise UsageError(f"--resume {args.resume} continues the run in {args.resume}; drop --out {args.out}")
+        args.out = args.resume
     out_dir = _check_out_dir(args.out)
+    if args.keep is not None and out_dir is None:
+        raise UsageError("--keep applies to checkpoints, which need --out")
+    if out_dir is not None:
+        _check_resume(out_dir, args.resume is not None, args.overwrite)
     table = _load_benchmark(args.table)
 
     import jax
     import numpy as np
 
     from jnas.benchmarks import protocol
+    from jnas.checkpoint import CheckpointError
     from jnas.search import discrete
     from jnas.spaces import nb201
 
@@ -170,14 +284,40 @@ def run(args) -> int:
             "of simulated 12-epoch training), so some runs could report no architecture"
         )
     searcher = discrete.make(args.algo)
-    runs = protocol.run_many(
-        searcher,
-        benchmark,
-        num_runs=args.runs,
-        seed=args.seed,
-        budget_seconds=args.budget_seconds,
-        progress=True,
-    )
+    chunk = args.chunk_runs or CHUNK_RUNS
+    hooks = {}
+    if out_dir is not None:
+        prepare_out_dir(out_dir, args.overwrite)
+        if args.overwrite and args.resume is None and (out_dir / CHECKPOINTS).is_dir():
+            shutil.rmtree(out_dir / CHECKPOINTS)
+        config = {"mode": "tabular", "algo": args.algo, "runs": args.runs, "seed": args.seed,
+                  "budget_seconds": args.budget_seconds, "benchmark": args.benchmark,
+                  "chunk_runs": chunk, "table_digest": _file_digest(table.path)}
+        hooks = _chunk_checkpoints(out_dir / CHECKPOINTS, config, args.keep, args.resume is not None)
+    try:
+        with _InterruptToCheckpoint(enabled=bool(hooks)) as interrupt:
+            if hooks:
+                hooks = hooks | {"on_chunk": interrupt.wrap(hooks["on_chunk"])}
+            runs = protocol.run_many(
+                searcher,
+                benchmark,
+                num_runs=args.runs,
+                seed=args.seed,
+                budget_seconds=args.budget_seconds,
+                chunk_size=chunk,
+                progress=True,
+                resume=hooks.get("resume"),
+                on_chunk=hooks.get("on_chunk"),
+            )
+    except CheckpointError as err:
+        raise UsageError(str(err)) from None
+    except _Interrupted as stop:
+        print(f"jnas: interrupted after {stop.chunks} chunk(s) of runs; checkpoint saved in {stop.path}; "
+              f"continue with: jnas evolve ... --resume {out_dir}", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    finally:
+        if "close" in hooks:
+            hooks["close"]()
     summary = protocol.summarize(runs)
     result = {
         "algo": args.algo,

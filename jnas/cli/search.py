@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
 from jnas.cli.common import (
     UsageError,
     bounded_int,
+    fail,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -17,13 +19,18 @@ from jnas.cli.common import (
 )
 
 
+CHECKPOINTS = "checkpoints"  # OUT/checkpoints holds a run's checkpoints
+NONFINITE_EXIT = 3  # a search stopped by a NaN/Inf (not bad input: that is 2)
+INTERRUPTED_EXIT = 130  # SIGINT, as a shell reports it
+
+
 def add_parser(subparsers) -> None:
     from jnas.data import DATASETS
-    from jnas.search.runner import METHODS, SPACES
+    from jnas.search.runner import DEFAULT_CHECKPOINT_EVERY, METHODS, SPACES
 
     p = subparsers.add_parser(
         "search",
-        help="run a DARTS / PC-DARTS / β-DARTS search on the NAS-Bench-201 space",
+        help="run a DARTS / PC-DARTS / β-DARTS search (NAS-Bench-201 or DARTS space)",
         description="Differentiable architecture search. With no options: a short DARTS search on "
         "scikit-learn's bundled 8x8 digits (no download), printing the derived cell.",
     )
@@ -38,13 +45,25 @@ def add_parser(subparsers) -> None:
     length.add_argument("--steps", type=bounded_int(10_000_000), default=None, help="search steps instead of epochs")
     p.add_argument("--batch-size", type=bounded_int(65_536), default=64, help="images per batch (train and val each)")
     p.add_argument("--channels", type=bounded_int(1024), default=16, help="C, width of the first stage")
-    p.add_argument("--cells", type=bounded_int(64), default=5, help="N, search cells per stage")
+    p.add_argument("--cells", type=bounded_int(64), default=None,
+                   help="nb201: N, search cells per stage (default 5); darts spaces: cells in all (default 8)")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--limit", type=positive_int, default=None, help="use only the first LIMIT training images")
     p.add_argument("--out", default=None, help="output directory (default: runs/<method>-<dataset>-seed<K>)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.add_argument("--nb201-table", default=None, help="NAS-Bench-201 CSV: look up every derived cell")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c = p.add_argument_group("checkpoints (in OUT/checkpoints; SIGINT saves one and exits)")
+    c.add_argument("--resume", metavar="DIR", default=None,
+                   help="continue the run in DIR (its --out) from its newest intact checkpoint; "
+                        "pass the same search options as the first time")
+    c.add_argument("--checkpoint-every", type=bounded_int(10_000_000), default=None, metavar="N",
+                   help="save a checkpoint every N steps and after the last (default: "
+                        f"{DEFAULT_CHECKPOINT_EVERY})")
+    c.add_argument("--keep", type=bounded_int(1000), default=None, metavar="K",
+                   help="keep the newest K checkpoints (default: 3)")
+    c.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop",
+                   help="a NaN/Inf loss or gradient: stop with an error (default) or skip the batch's update")
     m = p.add_argument_group("method options (default: the method's published setting)")
     m.add_argument("--partial-channels", type=positive_int, default=None,
                    help="PC-DARTS: K, a 1/K slice of channels goes through the ops (default 4)")
@@ -66,8 +85,15 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from jnas.checkpoint import DEFAULT_KEEP, CheckpointError
     from jnas.data import DataError
-    from jnas.search.runner import SearchConfig, run_search
+    from jnas.search.runner import (
+        DEFAULT_CHECKPOINT_EVERY,
+        NonFiniteError,
+        SearchConfig,
+        SearchInterrupted,
+        run_search,
+    )
 
     try:
         config = SearchConfig(
@@ -83,6 +109,8 @@ def run(args) -> int:
         raise UsageError(str(err)) from None
 
     table = None
+    if args.nb201_table is not None and config.space != "nb201":
+        raise UsageError(f"--nb201-table looks up NAS-Bench-201 cells; it does not apply to --space {config.space}")
     if args.nb201_table is not None:
         from jnas.benchmarks.nb201 import TableError, load_table
 
@@ -91,12 +119,37 @@ def run(args) -> int:
         except TableError as err:
             raise UsageError(str(err)) from None
 
-    out = Path(args.out or f"runs/{config.method}-{config.dataset}-seed{config.seed}")
+    out = Path(args.out or args.resume or f"runs/{config.method}-{config.dataset}-seed{config.seed}")
+    if args.resume is not None:
+        resume = Path(args.resume)
+        if args.out is not None and Path(args.out).absolute() != resume.absolute():
+            raise UsageError(f"--resume {args.resume} continues the run in {args.resume}; drop --out {args.out}")
+        if not (resume / CHECKPOINTS).is_dir():
+            raise UsageError(f"--resume {args.resume}: no {CHECKPOINTS}/ directory there to resume from")
+        if (resume / "result.json").exists():
+            raise UsageError(f"--resume {args.resume}: that run has finished (result.json); nothing to resume")
+    elif (out / CHECKPOINTS).is_dir() and not args.overwrite:
+        raise UsageError(f"{out} holds checkpoints of an unfinished run; pass --resume {out} to continue it "
+                         "or --overwrite to start over")
     prepare_out_dir(out, args.overwrite)
+    if args.overwrite and args.resume is None and (out / CHECKPOINTS).is_dir():
+        shutil.rmtree(out / CHECKPOINTS)
     try:
-        result = run_search(config, table=table, progress=not args.no_progress)
-    except DataError as err:
+        result = run_search(
+            config, table=table, progress=not args.no_progress, checkpoint_dir=out / CHECKPOINTS,
+            checkpoint_every=args.checkpoint_every or DEFAULT_CHECKPOINT_EVERY,
+            keep=args.keep or DEFAULT_KEEP, resume=args.resume is not None, on_nonfinite=args.on_nonfinite,
+        )
+    except (DataError, CheckpointError) as err:
         raise UsageError(str(err)) from None
+    except OSError as err:  # e.g. a data directory without read permission, a full disk
+        raise UsageError(f"{err.filename or out}: {err.strerror or err}") from None
+    except NonFiniteError as err:
+        return fail(f"{err}", code=NONFINITE_EXIT)
+    except SearchInterrupted as stop:
+        print(f"jnas: interrupted after step {stop.step}; checkpoint saved in {stop.path}; "
+              f"continue with: jnas search ... --resume {out}", file=sys.stderr)
+        return INTERRUPTED_EXIT
     write_json_atomic(out / "result.json", result)
 
     print(f"derived cell: {result['genotype']}")

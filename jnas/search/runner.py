@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
+import sys
+import threading
 import time
 from typing import Any
 
@@ -14,13 +17,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jnas import checkpoint
 from jnas import data as jdata
 from jnas import diagnostics
-from jnas.search import darts
+from jnas.search import darts, networks
 from jnas.supernet import nb201 as supernet
 
 METHODS = ("darts", "pcdarts", "beta-darts")
-SPACES = ("nb201",)
+SPACES = networks.SPACES
 # Published defaults of the methods' own options (see jnas.search.darts).
 PCDARTS_K = 4
 PCDARTS_ARCH_LR = 6e-4
@@ -30,6 +34,21 @@ BETA_DECAY_LAMBDA = 50.0
 # on 2 CPU cores (measured in the README).
 DEFAULT_EPOCHS = {"digits": 10}
 PUBLISHED_EPOCHS = 50
+# a checkpoint costs ~0.1 s (a tiny supernet's state); a default search step ~0.1-1 s
+DEFAULT_CHECKPOINT_EVERY = 50
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+class NonFiniteError(RuntimeError):
+    """A NaN or Inf loss or gradient stopped the search (the message names the step)."""
+
+
+class SearchInterrupted(Exception):
+    """SIGINT stopped the search after ``step`` steps; ``path`` is the checkpoint saved then."""
+
+    def __init__(self, step: int, path):
+        super().__init__(f"interrupted after step {step}")
+        self.step, self.path = step, path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +64,7 @@ class SearchConfig:
     steps: int | None = None
     batch_size: int = 64
     channels: int = 16
-    cells: int = 5
+    cells: int | None = None  # default: 5 per stage (nb201), 8 in all (darts spaces)
     seed: int = 0
     limit: int | None = None
     # method options; None means the method's published default
@@ -74,7 +93,7 @@ class SearchConfig:
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
         for name in ("batch_size", "channels", "cells"):
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.seed < 0:
             raise ValueError(f"seed must be non-negative, got {self.seed}")
@@ -119,6 +138,9 @@ class SearchConfig:
             "beta_decay": float(beta),
         }
 
+    def resolved_cells(self) -> int:
+        return self.cells if self.cells is not None else networks.DEFAULT_CELLS[self.space]
+
     def resolved_epochs(self) -> int:
         if self.epochs is not None:
             return self.epochs
@@ -129,7 +151,10 @@ def _mean(values):
     return float(np.mean(values)) if values else float("nan")
 
 
-def run_search(config: SearchConfig, *, table=None, progress: bool = True, dataset=None) -> dict[str, Any]:
+def run_search(config: SearchConfig, *, table=None, progress: bool = True, dataset=None,
+               checkpoint_dir=None, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+               keep: int = checkpoint.DEFAULT_KEEP, resume: bool = False,
+               on_nonfinite: str = "stop") -> dict[str, Any]:
     """Runs the search described by ``config`` and returns the ``result.json`` payload.
 
     Args:
@@ -138,8 +163,31 @@ def run_search(config: SearchConfig, *, table=None, progress: bool = True, datas
         epoch's derived cell is looked up in it.
       progress: show a progress bar on stderr.
       dataset: an already loaded :class:`jnas.data.Dataset` (else loaded from ``config``).
+      checkpoint_dir: where to save checkpoints (:mod:`jnas.checkpoint`); None: none.
+        With a directory, SIGINT saves a checkpoint and raises :class:`SearchInterrupted`.
+      checkpoint_every: save every N steps (and always after the last one).
+      keep: keep the newest K checkpoints.
+      resume: continue from the newest intact checkpoint in ``checkpoint_dir`` (a fresh
+        start if there is none). The result is bit-identical to an uninterrupted run's
+        except for the ``seconds`` timings.
+      on_nonfinite: ``"stop"``: a NaN/Inf loss or gradient raises :class:`NonFiniteError`
+        naming the step, after saving the last finite state; ``"skip"``: that batch's
+        update is dropped and counted in the epoch's ``nonfinite_skipped``.
+
+    Raises:
+      NonFiniteError, SearchInterrupted, jnas.checkpoint.CheckpointError (resume from a
+      different config or from damaged checkpoints only), jnas.data.DataError.
     """
+    if on_nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"on_nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {on_nonfinite!r}")
+    if int(checkpoint_every) < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     start = time.perf_counter()
+    checkpoints = None
+    if checkpoint_dir is not None:
+        checkpoints = checkpoint.Checkpoints(checkpoint_dir, "search", dataclasses.asdict(config), keep=keep)
+    if table is not None and config.space not in networks.NB201_SPACES:
+        raise ValueError(f"a NAS-Bench-201 table does not apply to --space {config.space}")
     if dataset is None:
         dataset = jdata.load_dataset(config.dataset, split="train", data_dir=config.data_dir, limit=config.limit)
     batches = jdata.BilevelBatches(dataset, config.batch_size, config.seed)
@@ -149,17 +197,12 @@ def run_search(config: SearchConfig, *, table=None, progress: bool = True, datas
         total_steps = config.steps
         epochs = math.ceil(total_steps / batches.steps_per_epoch)
 
-    height, width, in_channels = dataset.image_shape
     options = config.method_options(epochs)
-    net_config = supernet.SupernetConfig(
-        channels=config.channels,
-        cells=config.cells,
-        num_classes=dataset.num_classes,
-        in_channels=in_channels,
-        image_size=height,
-        partial_channels=options["partial_channels"],
+    network, edge_softmax = networks.build_network(
+        config.space, channels=config.channels, cells=config.resolved_cells(), image_shape=dataset.image_shape,
+        num_classes=dataset.num_classes, partial_channels=options["partial_channels"],
+        edge_normalization=options["edge_normalization"],
     )
-    network = supernet.search_network(net_config, edge_normalization=options["edge_normalization"])
     darts_config = darts.DartsConfig(
         order=config.order,
         arch_lr=options["arch_lr"],
@@ -168,59 +211,103 @@ def run_search(config: SearchConfig, *, table=None, progress: bool = True, datas
     )
     search = darts.make_darts(network, darts_config, total_steps, steps_per_epoch=batches.steps_per_epoch)
     state = search.init(jax.random.key(config.seed))
-    step_fn = jax.jit(search.step, donate_argnums=0)
+    step_fn = jax.jit(_guarded(search.step), donate_argnums=0)
     hessian_fn = _hessian_probe(search, config, batches) if config.hessian_every else None
 
+    # The loop's position: the state after `done` steps, at batch `position` of `epoch`,
+    # with that epoch's metric sums so far. All of it is in every checkpoint, so a resumed
+    # run replays exactly the batches and sums an uninterrupted one would.
+    loop = {"done": 0, "epoch": 0, "position": 0, "sums": {}, "skipped": 0, "history": [], "seconds": 0.0}
+    if resume and checkpoints is not None:
+        restored = checkpoints.restore(state)
+        if restored is not None:
+            state, loop = restored.arrays, restored.meta
+            print(f"jnas: resuming from {restored.path} (step {loop['done']} of {total_steps})",
+                  file=sys.stderr, flush=True)
+    history = loop["history"]
+
+    def save():
+        if checkpoints is None:
+            return None
+        loop["seconds"] = seconds_before + time.perf_counter() - start
+        return checkpoints.save(loop["done"], state, loop)
+
+    seconds_before = loop["seconds"]
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total_steps, desc=f"{config.method} search", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=total_steps, initial=loop["done"], desc=f"{config.method} search", unit="step",
+                   dynamic_ncols=True)
 
-    history = []
-    done = 0
-    for epoch in range(epochs):
-        sums: dict[str, list[float]] = {}
-        epoch_start = time.perf_counter()
-        for train_x, train_y, val_x, val_y in batches.epoch(epoch):
-            if done >= total_steps:
-                break
-            state, metrics = step_fn(
-                state,
-                darts.Batch(jnp.asarray(train_x), jnp.asarray(train_y)),
-                darts.Batch(jnp.asarray(val_x), jnp.asarray(val_y)),
-            )
-            metrics = jax.device_get(metrics)
-            for name, value in metrics.items():
-                sums.setdefault(name, []).append(float(value))
-            done += 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, val_acc=f"{metrics['val_acc']:.3f}")
-        record = {
-            "epoch": epoch,
-            "steps": len(sums.get("train_loss", [])),
-            "train_loss": _mean(sums.get("train_loss")),
-            "train_acc": _mean(sums.get("train_acc")),
-            "val_loss": _mean(sums.get("val_loss")),
-            "val_acc": _mean(sums.get("val_acc")),
-            "lr": _mean(sums.get("lr")),
-            "arch_updated_steps": int(sum(sums.get("arch_updated", []))),
-            "reg_weight": _mean(sums.get("reg_weight")),
-        }
-        record |= _arch_record(network, state.arch_params)
-        if hessian_fn is not None and (epoch + 1) % config.hessian_every == 0:
-            probe_start = time.perf_counter()
-            record["hessian_eigenvalue"] = float(hessian_fn(state.params, state.arch_params))
-            record["hessian_seconds"] = time.perf_counter() - probe_start
-        record["seconds"] = time.perf_counter() - epoch_start
-        if table is not None:
-            record["nb201"] = table.lookup(record["genotype"])
-        history.append(record)
-    if bar is not None:
-        bar.close()
+    interrupted = _InterruptFlag(enabled=checkpoints is not None)
+    try:
+        for epoch in range(loop["epoch"], epochs):
+            if epoch != loop["epoch"]:
+                loop.update(epoch=epoch, position=0, sums={}, skipped=0)
+            sums = loop["sums"]
+            epoch_start = time.perf_counter()
+            for train_x, train_y, val_x, val_y in batches.epoch(epoch, loop["position"]):
+                if loop["done"] >= total_steps:
+                    break
+                state, metrics, finite = step_fn(
+                    state,
+                    darts.Batch(jnp.asarray(train_x), jnp.asarray(train_y)),
+                    darts.Batch(jnp.asarray(val_x), jnp.asarray(val_y)),
+                )
+                metrics, finite = jax.device_get((metrics, finite))
+                if not finite and on_nonfinite == "stop":
+                    # the guarded step returned the state before this batch: keep it
+                    path = save()
+                    raise NonFiniteError(
+                        f"non-finite loss or gradient at step {loop['done'] + 1} (epoch {epoch}, batch "
+                        f"{loop['position']}); search stopped"
+                        + (f"; last finite checkpoint: {path}" if path is not None else ""))
+                if finite:
+                    for name, value in metrics.items():
+                        sums.setdefault(name, []).append(float(value))
+                else:
+                    loop["skipped"] += 1
+                loop["done"] += 1
+                loop["position"] += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch, val_acc=f"{metrics['val_acc']:.3f}")
+                if interrupted.flag:
+                    raise SearchInterrupted(loop["done"], save())
+                if loop["done"] % checkpoint_every == 0 and loop["done"] < total_steps:
+                    save()
+            record = {
+                "epoch": epoch,
+                "steps": len(sums.get("train_loss", [])),
+                "train_loss": _mean(sums.get("train_loss")),
+                "train_acc": _mean(sums.get("train_acc")),
+                "val_loss": _mean(sums.get("val_loss")),
+                "val_acc": _mean(sums.get("val_acc")),
+                "lr": _mean(sums.get("lr")),
+                "arch_updated_steps": int(sum(sums.get("arch_updated", []))),
+                "reg_weight": _mean(sums.get("reg_weight")),
+                "nonfinite_skipped": int(loop["skipped"]),
+            }
+            record |= _arch_record(network, edge_softmax, state.arch_params)
+            if hessian_fn is not None and (epoch + 1) % config.hessian_every == 0:
+                probe_start = time.perf_counter()
+                record["hessian_eigenvalue"] = float(hessian_fn(state.params, state.arch_params))
+                record["hessian_seconds"] = time.perf_counter() - probe_start
+            record["seconds"] = time.perf_counter() - epoch_start
+            if table is not None:
+                record["nb201"] = table.lookup(record["genotype"])
+            history.append(record)
+            loop.update(epoch=epoch + 1, position=0, sums={}, skipped=0)
+        save()
+    finally:
+        if bar is not None:
+            bar.close()
+        interrupted.restore()
+        if checkpoints is not None:
+            checkpoints.close()
 
-    final = _arch_record(network, state.arch_params)
+    final = _arch_record(network, edge_softmax, state.arch_params)
     result = {
         "genotype": final["genotype"],
         "arch_weights": final["arch_weights"],
@@ -231,7 +318,7 @@ def run_search(config: SearchConfig, *, table=None, progress: bool = True, datas
         "config": dataclasses.asdict(config) | {"epochs_run": epochs, "total_steps": total_steps},
         "dataset": {"name": dataset.name, "train_images": int(len(dataset.labels)), "image_shape": list(dataset.image_shape)},
         "supernet_params": supernet.count_params(state.params),
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds_before + time.perf_counter() - start,
         "jax_version": jax.__version__,
         "backend": jax.default_backend(),
     }
@@ -243,7 +330,53 @@ def run_search(config: SearchConfig, *, table=None, progress: bool = True, datas
     return result
 
 
-def _arch_record(network, arch_params) -> dict[str, Any]:
+def _all_finite(tree) -> jax.Array:
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def _guarded(step):
+    """``step`` that also returns whether the losses and the updated state are finite,
+    and returns the incoming state (only the step count advanced) when they are not.
+
+    A NaN/Inf gradient reaches the weights or α through the optimizer (gradient clipping
+    of an infinite norm gives NaN too), so checking the updated state covers the
+    gradients without exposing them.
+    """
+
+    def guarded(state, train_batch, val_batch):
+        new, metrics = step(state, train_batch, val_batch)
+        finite = _all_finite((metrics["train_loss"], metrics["val_loss"], new.params, new.arch_params,
+                              new.w_opt_state, new.a_opt_state))
+        kept = jax.tree.map(lambda n, o: jnp.where(finite, n, o),
+                            (new.params, new.arch_params, new.w_opt_state, new.a_opt_state),
+                            (state.params, state.arch_params, state.w_opt_state, state.a_opt_state))
+        return new._replace(params=kept[0], arch_params=kept[1], w_opt_state=kept[2], a_opt_state=kept[3]), \
+            metrics, finite
+
+    return guarded
+
+
+class _InterruptFlag:
+    """Until ``restore``, SIGINT sets ``flag`` instead of raising KeyboardInterrupt, so the
+    loop can finish its step, save and stop. Only in the main thread (signals need it)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.flag = False
+        if self.enabled:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        self.flag = True
+
+    def restore(self):
+        if self.enabled:
+            signal.signal(signal.SIGINT, self._previous)
+            self.enabled = False
+
+
+def _arch_record(network, edge_softmax, arch_params) -> dict[str, Any]:
     """What the architecture looks like now: op weights, derived cell, collapse indicators."""
     arch_params = jax.device_get(arch_params)
     weights = np.asarray(jax.nn.softmax(np.asarray(network.op_logits(arch_params)), axis=-1))
@@ -255,7 +388,7 @@ def _arch_record(network, arch_params) -> dict[str, Any]:
         "skip_count": diagnostics.skip_count(genotype),
     }
     if isinstance(arch_params, dict) and "beta" in arch_params:
-        record["edge_weights"] = np.asarray(supernet.edge_softmax(arch_params["beta"])).tolist()
+        record["edge_weights"] = np.asarray(edge_softmax(arch_params["beta"])).tolist()
     return record
 
 
