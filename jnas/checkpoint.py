@@ -229,7 +229,9 @@ class Checkpoints:
         Args:
           like: a template pytree with the structure, dtypes and shapes of the saved
             ``arrays`` (e.g. a freshly initialised state); typed keys in it say which
-            leaves to re-wrap.
+            leaves to re-wrap. Or a function ``like(meta) -> template`` of the
+            checkpoint's (verified) ``meta``, for runs whose arrays change with their
+            phase.
 
         Raises:
           CheckpointError: the newest intact checkpoint was written by another kind of
@@ -253,7 +255,8 @@ class Checkpoints:
                 if differences:
                     raise CheckpointError(f"{self.directory} was written with a different config; "
                                           f"differing keys: {'; '.join(differences)}")
-                saved = self._load_arrays(step, record, like)
+                template = _template(like, record["meta"])
+                saved = self._load_arrays(step, record, template)
             except _Corrupt as err:
                 damaged.append((path, str(err)))
                 continue
@@ -261,7 +264,7 @@ class Checkpoints:
                 what = "; ".join(f"checkpoint {p} is damaged ({reason})" for p, reason in damaged)
                 self.log(f"{what}; falling back to {path}")
                 self._set_aside([p for p, _ in damaged])
-            arrays = from_saveable(jax.tree.map(lambda x: jax.device_put(np.asarray(x)), saved), like)
+            arrays = from_saveable(jax.tree.map(lambda x: jax.device_put(np.asarray(x)), saved), template)
             return Restored(step, arrays, record["meta"], path)
         what = ", ".join(f"{p.name} ({reason})" for p, reason in damaged)
         raise CheckpointError(f"no intact checkpoint in {self.directory}: every one is damaged: {what}")
@@ -293,6 +296,15 @@ class Checkpoints:
 
 class _Corrupt(Exception):
     pass
+
+
+def _template(like, meta):
+    if not callable(like):
+        return like
+    try:
+        return like(meta)
+    except (KeyError, TypeError, ValueError) as err:
+        raise _Corrupt(f"metadata that does not describe its arrays ({type(err).__name__})") from None
 
 
 MANIFEST = "jnas-manifest.json"

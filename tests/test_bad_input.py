@@ -95,7 +95,9 @@ def test_truncated_table(good_table, tmp_path, capsys):
     (["search", "--steps", "100000000"], "absurdly large"),
     (["search", "--on-nonfinite", "ignore"], "invalid choice: 'ignore'"),
     (["search", "--seed", "-1"], "--seed"),
-    (["evolve", "--supernet", "--resume", "x"], "only in the tabular mode"),
+    (["evolve", "--supernet", "--resume", "x"], "drop --out"),
+    (["evolve", "--supernet", "--checkpoint-every", "0"], "--checkpoint-every"),
+    (["evolve", "--checkpoint-every", "5"], "--checkpoint-every only apply with --supernet"),
 ])
 def test_bad_names_and_sizes(argv, fragment, tmp_path, capsys):
     code, _, err = run_cli([*argv, "--out", str(tmp_path / "o")], capsys)
@@ -282,3 +284,30 @@ def test_evolve_resume_with_a_different_config(good_table, tmp_path, capsys):
     code, _, err = run_cli([*argv[:-2], "--algo", "rea", "--resume", str(out)], capsys)
     assert_usage_error(code, err, "algo (checkpoint 'random', now 'rea')")
     assert json.loads((out / "checkpoints" / "2" / "meta" / "metadata").read_text())["meta"]["chunks_done"] == 2
+
+
+def test_evolve_supernet_resume_with_a_different_config(good_table, tmp_path, capsys):
+    """Refused naming the keys, before any network is built (the config is checked first)."""
+    from jnas.benchmarks.nb201 import load_table
+    from jnas.search.oneshot_runner import OneShotConfig, checkpoint_config
+
+    out = tmp_path / "run"
+    argv = ["evolve", "--supernet", "--table", str(good_table), "--channels", "2", "--cells", "1",
+            "--batch-size", "8", "--limit", "64", "--train-steps", "4", "--runs", "2", "--no-progress"]
+    config = OneShotConfig(channels=2, cells=1, batch_size=8, limit=64, train_steps=4, runs=2)
+    with checkpoint.Checkpoints(out / "checkpoints", "evolve", checkpoint_config(config, load_table(good_table))) \
+            as store:
+        store.save(2, {"x": np.zeros(3, np.float32)}, {"phase": "train"})
+    code, _, err = run_cli([*argv, "--resume", str(out), "--seed", "5", "--chunk-runs", "1"], capsys)
+    assert_usage_error(code, err, "different config", "seed (checkpoint 0, now 5)", "chunk_runs (checkpoint None, now 1)")
+    # a fresh start over those checkpoints is refused too; they are untouched
+    code, _, err = run_cli([*argv, "--out", str(out)], capsys)
+    assert_usage_error(code, err, "holds checkpoints of an unfinished run", "--resume")
+    # a tabular run's checkpoints are not a supernet run's
+    tabular = tmp_path / "tabular"
+    with checkpoint.Checkpoints(tabular / "checkpoints", "evolve", {"mode": "tabular", "algo": "rea"}) as store:
+        store.save(1, {"x": np.zeros(3, np.float32)}, {"chunks_done": 1})
+    code, _, err = run_cli([*argv, "--resume", str(tabular)], capsys)
+    assert_usage_error(code, err, "different config", "mode (checkpoint 'tabular', now 'supernet')")
+    assert checkpoint.Checkpoints(out / "checkpoints", "evolve", {}).steps() == [2]
+    assert not (out / "result.json").exists() and not (tabular / "result.json").exists()

@@ -78,29 +78,33 @@ def _comparable(result: dict) -> str:
     return json.dumps(_without_timings(result), sort_keys=True)
 
 
-def _kill_chain(argv, out: Path, env: dict, rng: random.Random, tmp: Path) -> list[str]:
-    """Interrupts a run three times (SIGKILL at a random moment after a new checkpoint,
-    SIGKILL in the middle of a checkpoint write, SIGINT), then resumes it to the end.
-    Returns what happened at each interruption."""
+def _kill_chain(argv, out: Path, env: dict, rng: random.Random, tmp: Path,
+                plan=("kill-random", "kill-mid-write", "sigint")) -> list[str]:
+    """Interrupts a run once per entry of ``plan`` (``kill-random``: SIGKILL at a random
+    moment after a new checkpoint; ``kill-mid-write``: SIGKILL in the middle of a
+    checkpoint write; ``sigint``: SIGINT after a new checkpoint; ``@N`` appended: only
+    once checkpoint N or a later one exists), then resumes it to the end. Returns what
+    happened at each interruption."""
     checkpoints = out / "checkpoints"
     events = []
-    plan = ["kill-random", "kill-mid-write", "sigint"]
-    for n, how in enumerate(plan):
+    for n, entry in enumerate(plan):
+        how, _, at = entry.partition("@")
         resume = ["--resume", str(out)] if _steps(checkpoints) else ["--out", str(out)]
         before = max(_steps(checkpoints), default=0)
+        target = max(before + 1, int(at or 0))
         log = tmp / f"chain{n}.log"
         started = time.monotonic()
         proc = _start([*argv, *resume], env, log)
         if how == "kill-mid-write":
             # a new checkpoint begins after the first one this process writes
-            ready = _wait(proc, lambda: max(_steps(checkpoints), default=0) > before) and \
+            ready = _wait(proc, lambda: max(_steps(checkpoints), default=0) >= target) and \
                 _wait(proc, lambda: _writing(checkpoints))
         else:
-            ready = _wait(proc, lambda: max(_steps(checkpoints), default=0) > before)
+            ready = _wait(proc, lambda: max(_steps(checkpoints), default=0) >= target)
             if ready:
                 time.sleep(rng.uniform(0.0, 0.4))
         if proc.poll() is not None:  # it finished before the blow landed: nothing to interrupt
-            events.append(f"{how}: finished first")
+            events.append(f"{entry}: finished first")
             break
         if how == "sigint":
             proc.send_signal(signal.SIGINT)
@@ -112,7 +116,7 @@ def _kill_chain(argv, out: Path, env: dict, rng: random.Random, tmp: Path) -> li
         else:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=60)
-        events.append(f"{how} after step {max(_steps(checkpoints), default=0)} "
+        events.append(f"{entry} after step {max(_steps(checkpoints), default=0)} "
                       f"({time.monotonic() - started:.1f} s)")
     log = tmp / "final.log"
     proc = _start([*argv, "--resume", str(out)], env, log)
@@ -238,3 +242,33 @@ def test_evolve_killed_and_resumed_is_bit_identical(tmp_path, algo):
     assert sum(e.startswith(("kill", "sigint")) for e in events) >= 2, (seed, events)
     assert len(got["per_run"]) == 200
     assert _comparable(got) == _comparable(expected), (seed, events)
+
+
+SUPERNET_STEPS = 40  # logs every 2 steps, so checkpoints every 3 catch half-filled windows
+
+
+def test_evolve_supernet_killed_and_resumed_is_bit_identical(tmp_path):
+    """All three phases interrupted: SPOS training (at random, mid-write, SIGINT at any
+    step), right after Kendall (checkpoint 41), and between chunks of runs."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    rng = random.Random(seed)
+    table = write_synthetic_table(tmp_path / "table.csv")
+    argv = ["evolve", "--supernet", "--table", str(table), "--algo", "rea", "--channels", "2", "--cells", "1",
+            "--batch-size", "8", "--limit", "64", "--train-steps", str(SUPERNET_STEPS), "--checkpoint-every", "3",
+            "--queries", "5", "--runs", "4", "--chunk-runs", "1", "--kendall-cells", "8", "--eval-images", "16",
+            "--keep", "2", "--seed", "1", "--no-progress"]
+    kendall_step = SUPERNET_STEPS + 1
+    plan = ["kill-random", "kill-mid-write", "sigint", f"kill-random@{kendall_step}", f"sigint@{kendall_step + 1}"]
+    reference = _start([*argv, "--out", str(tmp_path / "ref")], _env(None), tmp_path / "ref.log")
+    events = _kill_chain(argv, tmp_path / "chain", _env(tmp_path / "cache"), rng, tmp_path, plan=plan)
+    assert reference.wait(timeout=300) == 0, (tmp_path / "ref.log").read_text()
+
+    expected = json.loads((tmp_path / "ref" / "result.json").read_text())
+    got = json.loads((tmp_path / "chain" / "result.json").read_text())
+    print(f"random seed {seed}: {events}")
+    assert sum(e.startswith(("kill", "sigint")) for e in events) >= 3, (seed, events)
+    assert [row["step"] for row in got["history"]] == list(range(2, SUPERNET_STEPS + 1, 2))
+    assert len(got["per_run"]) == 4
+    assert _comparable(got) == _comparable(expected), (seed, events)
+    # the last checkpoints are those of the searches: all runs searched, keep=2
+    assert _steps(tmp_path / "chain" / "checkpoints") == [kendall_step + 3, kendall_step + 4]

@@ -82,7 +82,8 @@ def _check_resume(out: Path, resume: bool, overwrite: bool) -> None:
             raise UsageError(f"--resume {out}: no {CHECKPOINTS}/ directory there to resume from")
         if (out / "result.json").exists():
             raise UsageError(f"--resume {out}: that run has finished (result.json); nothing to resume")
-    elif checkpoints.is_dir() and not overwrite:
+    elif checkpoints.is_dir() and not overwrite and not (out / "result.json").exists():
+        # (a finished run keeps its checkpoints; prepare_out_dir refuses it as finished)
         raise UsageError(f"{out} holds checkpoints of an unfinished run; pass --resume {out} to continue it "
                          "or --overwrite to start over")
 
@@ -164,15 +165,20 @@ def add_parser(subparsers) -> None:
         "(--supernet: always written; default runs/supernet-ALGO-DATASET-seedK)"
     )
     parser.add_argument("--chunk-runs", type=bounded_int(MAX_RUNS), default=None, metavar="N",
-                        help="tabular mode: runs per vmapped call, the unit of checkpointing (default: 100)")
+                        help="runs per vmapped call, the unit of checkpointing the searches "
+                             "(default: 100 in the tabular mode, all runs at once with --supernet)")
     ckpt = parser.add_argument_group(
-        "checkpoints (tabular mode, with --out: in OUT/checkpoints after every chunk of runs; "
+        "checkpoints (in OUT/checkpoints; tabular mode, with --out: after every chunk of runs; --supernet: "
+        "every --checkpoint-every SPOS steps, after training and Kendall, after every chunk of runs; "
         "SIGINT saves one and exits)")
     ckpt.add_argument("--resume", metavar="DIR", default=None,
                       help="continue the run in DIR (its --out) from its newest intact checkpoint; "
                            "pass the same options as the first time")
     ckpt.add_argument("--keep", type=bounded_int(1000), default=None, metavar="K",
                       help="keep the newest K checkpoints (default: 3)")
+    ckpt.add_argument("--checkpoint-every", type=bounded_int(10_000_000), default=None, metavar="N",
+                      help="--supernet: save a checkpoint every N SPOS steps and after the last "
+                           "(default: 50)")
     group = parser.add_argument_group(
         "weight-sharing mode (--supernet)",
         "Instead of the table, a query's fitness is the held-out accuracy of the cell in a supernet "
@@ -242,14 +248,10 @@ def _nan_to_none(values):
 
 def run(args) -> int:
     if args.supernet:
-        given = [_flag(name) for name in ("resume", "keep", "chunk_runs") if getattr(args, name) is not None]
-        if given:
-            raise UsageError(f"{', '.join(given)}: only in the tabular mode; --supernet runs cannot be "
-                             "checkpointed yet")
         if args.budget_seconds is not None:
             raise UsageError("--budget-seconds belongs to the tabular mode; --supernet runs a fixed number of --queries")
         return run_supernet(args)
-    given = [_flag(name) for name in SUPERNET_ONLY if getattr(args, name) is not None]
+    given = [_flag(name) for name in (*SUPERNET_ONLY, "checkpoint_every") if getattr(args, name) is not None]
     given += [_flag(name) for name in ("no_progress",) if getattr(args, name)]
     if given:
         raise UsageError(f"{', '.join(given)} only apply with --supernet")
@@ -393,23 +395,38 @@ def run(args) -> int:
 
 def run_supernet(args) -> int:
     """``jnas evolve --supernet``: SPOS supernet, Kendall tau, vmapped searches."""
+    from jnas.checkpoint import DEFAULT_KEEP, CheckpointError
     from jnas.data import DataError
-    from jnas.search.oneshot_runner import OneShotConfig, run_oneshot
+    from jnas.search.oneshot_runner import DEFAULT_CHECKPOINT_EVERY, OneShotConfig, OneShotInterrupted, run_oneshot
 
     settings = {name: getattr(args, name) for name in SUPERNET_ONLY if getattr(args, name) is not None}
     try:
-        config = OneShotConfig(algo=args.algo, runs=args.runs or SUPERNET_DEFAULT_RUNS, seed=args.seed, **settings)
+        config = OneShotConfig(algo=args.algo, runs=args.runs or SUPERNET_DEFAULT_RUNS, seed=args.seed,
+                               chunk_runs=args.chunk_runs, **settings)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    if args.resume is not None:
+        if args.out is not None and Path(args.out).absolute() != Path(args.resume).absolute():
+            raise UsageError(f"--resume {args.resume} continues the run in {args.resume}; drop --out {args.out}")
+        args.out = args.resume
     out = Path(args.out or f"runs/supernet-{config.algo}-{config.dataset}-seed{config.seed}")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} exists and is not a directory")
+    _check_resume(out, args.resume is not None, args.overwrite)
     table = _load_benchmark(args.table)
     prepare_out_dir(out, args.overwrite)
+    if args.overwrite and args.resume is None and (out / CHECKPOINTS).is_dir():
+        shutil.rmtree(out / CHECKPOINTS)
     try:
-        result = run_oneshot(config, table, progress=not args.no_progress)
-    except DataError as err:
+        result = run_oneshot(config, table, progress=not args.no_progress, checkpoint_dir=out / CHECKPOINTS,
+                             checkpoint_every=args.checkpoint_every or DEFAULT_CHECKPOINT_EVERY,
+                             keep=args.keep or DEFAULT_KEEP, resume=args.resume is not None)
+    except (DataError, CheckpointError) as err:
         raise UsageError(str(err)) from None
+    except OneShotInterrupted as stop:
+        print(f"jnas: interrupted after {stop.where}; checkpoint saved in {stop.path}; "
+              f"continue with: jnas evolve --supernet ... --resume {out}", file=sys.stderr)
+        return INTERRUPTED_EXIT
     result["machine"] = machine_description()
     write_json_atomic(out / "result.json", result)
 

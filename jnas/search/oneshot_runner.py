@@ -11,11 +11,27 @@
 
 The CLI (``jnas evolve --supernet``) and ``experiments/nb201_searchers/supernet_mode.py``
 are thin layers over :func:`run_oneshot`.
+
+Checkpoints (:mod:`jnas.checkpoint`, with ``checkpoint_dir``): numbered by progress, so the
+newest is always the furthest along.
+
+* ``1..train_steps``, phase ``"train"``: every ``checkpoint_every`` SPOS steps and after the
+  last, the whole :class:`~jnas.search.spos.SposState` (weights, optimizer state, path key,
+  step) and the loop position (epoch, batch in the epoch, the partial logging window, the
+  history so far).
+* ``train_steps + 1 + k``, phase ``"search"``: the trained weights, the history, the
+  Kendall result, and the queries of the first ``k`` chunks of ``chunk_runs`` runs
+  (``k = 0`` right after Kendall).
+
+A resumed run replays exactly the batches and path keys an uninterrupted one would and
+reruns only what no checkpoint holds, so its result equals an uninterrupted run's except
+for the ``seconds`` timings.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from typing import Any, NamedTuple
 
@@ -23,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jnas import checkpoint
 from jnas import data as jdata
 from jnas.search import discrete, oneshot, spos
 from jnas.spaces import nb201
@@ -30,6 +47,17 @@ from jnas.supernet import nb201 as supernet
 
 ALGORITHMS = ("rea", "reinforce", "random", "local")
 TABLE_COLUMN = "c10_test_acc_200"
+# a checkpoint of a small supernet costs ~0.1-0.3 s; a default SPOS step ~0.05-0.5 s
+DEFAULT_CHECKPOINT_EVERY = 50
+
+
+class OneShotInterrupted(Exception):
+    """SIGINT stopped the run at ``where`` (e.g. ``"step 40 of 200"``); ``path`` is the
+    checkpoint saved then."""
+
+    def __init__(self, where: str, path):
+        super().__init__(f"interrupted after {where}")
+        self.where, self.path = where, path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +78,9 @@ class OneShotConfig:
     kendall_cells: int = 200
     eval_images: int | None = None
     chunk_size: int = 16
+    # runs searched per vmapped call, the unit of checkpointing the searches (None: all at
+    # once); batched convolutions may round differently, so it is part of the config
+    chunk_runs: int | None = None
 
     def __post_init__(self):
         if self.algo not in ALGORITHMS:
@@ -60,7 +91,7 @@ class OneShotConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("limit", "eval_images"):
+        for name in ("limit", "eval_images", "chunk_runs"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
@@ -88,11 +119,13 @@ class TrainedSupernet(NamedTuple):
     seconds: float
 
 
-def train_supernet(config: OneShotConfig, *, progress: bool = True, dataset=None) -> TrainedSupernet:
+def train_supernet(config: OneShotConfig, *, progress: bool = True, dataset=None,
+                   _checkpoints: "_RunCheckpoints | None" = None) -> TrainedSupernet:
     """Step 1: SPOS on the weight half; the other half (up to ``eval_images``) is held out.
 
     Raises:
       jnas.data.DataError: the data cannot be loaded or is too small for the batch size.
+      OneShotInterrupted: SIGINT, with checkpoints (the state is saved first).
     """
     start = time.perf_counter()
     if dataset is None:
@@ -105,15 +138,108 @@ def train_supernet(config: OneShotConfig, *, progress: bool = True, dataset=None
     )
     trainer = spos.make_spos(net, config.train_steps)
     train_key = jax.random.split(jax.random.key(config.seed))[0]
-    state, history = spos.train(trainer, trainer.init(train_key), batches, config.train_steps, progress=progress)
-    jax.block_until_ready(state.params)
+    ckpt = _checkpoints if _checkpoints is not None else _RunCheckpoints(config, None)
+    fresh = []  # trainer.init compiles: only once a checkpoint's config has been accepted
+
+    def initial_state():
+        if not fresh:
+            fresh.append(trainer.init(train_key))
+        return fresh[0]
+
+    restored = ckpt.restore(initial_state)
+    seconds_before = 0.0 if restored is None else float(restored.meta["train_seconds"])
+    if restored is not None and restored.meta["phase"] == "search":
+        # trained already: its weights and history are in the checkpoint
+        params, history = restored.arrays["params"], restored.meta["history"]
+    else:
+        state, loop = (initial_state(), None) if restored is None else (restored.arrays["spos"], restored.meta["loop"])
+
+        def after_step(state, done, snapshot):
+            stop = ckpt.interrupted
+            if done % ckpt.every == 0 or done == config.train_steps or stop:
+                path = ckpt.save(done, {"spos": state}, {
+                    "phase": "train", "loop": snapshot(),
+                    "train_seconds": seconds_before + time.perf_counter() - start,
+                })
+                if stop:
+                    raise OneShotInterrupted(f"SPOS step {done} of {config.train_steps}", path)
+
+        state, history = spos.train(trainer, state, batches, config.train_steps, progress=progress, loop=loop,
+                                    after_step=after_step if ckpt.store is not None else None)
+        params = state.params
+    jax.block_until_ready(params)
     # held-out: the half of the split that SPOS never trained on, in evaluation batches
     # of the training batch size (BatchNorm uses batch statistics, as in training)
     held = batches.val_indices[: config.eval_images]
     image_batches, label_batches = spos.batch_eval_data(dataset.images[held], dataset.labels[held], config.batch_size)
-    fitness_data = oneshot.SupernetFitnessData(state.params, jnp.asarray(image_batches), jnp.asarray(label_batches))
-    return TrainedSupernet(net, state.params, history, fitness_data, dataset, int(len(batches.train_indices)),
-                           time.perf_counter() - start)
+    fitness_data = oneshot.SupernetFitnessData(params, jnp.asarray(image_batches), jnp.asarray(label_batches))
+    return TrainedSupernet(net, params, history, fitness_data, dataset, int(len(batches.train_indices)),
+                           seconds_before + time.perf_counter() - start)
+
+
+def checkpoint_config(config: OneShotConfig, table) -> dict[str, Any]:
+    """What a resumed run must share with the checkpoints it continues: ``config`` and the
+    table columns the result reads (as a digest)."""
+    columns = {name: np.asarray(table.columns[name]) for name in (TABLE_COLUMN, "c10_valid_acc_200")}
+    digest = checkpoint.array_digest(columns | {"index": np.asarray(table.index)})
+    return {"mode": "supernet", **dataclasses.asdict(config), "table_digest": digest}
+
+
+class _RunCheckpoints:
+    """The checkpoints of one weight-sharing run (none when ``directory`` is None), and
+    SIGINT turned into a flag while it lasts."""
+
+    def __init__(self, config: OneShotConfig, table, directory=None, every: int = DEFAULT_CHECKPOINT_EVERY,
+                 keep: int = checkpoint.DEFAULT_KEEP, resume: bool = False):
+        from jnas.search.runner import _InterruptFlag
+
+        if int(every) < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {every}")
+        self.config, self.every, self.resume = config, int(every), bool(resume)
+        self.store = None
+        if directory is not None:
+            self.store = checkpoint.Checkpoints(directory, "evolve", checkpoint_config(config, table), keep=keep)
+        self.restored = None
+        self._restore_done = False
+        self._interrupt = _InterruptFlag(enabled=self.store is not None)
+
+    @property
+    def interrupted(self) -> bool:
+        return self._interrupt.flag
+
+    def empty_runs(self) -> dict[str, np.ndarray]:
+        """Every run's queries: rows of the runs not searched yet stay zero."""
+        runs, queries = self.config.runs, self.config.queries
+        return {"encodings": np.zeros((runs, queries, nb201.NUM_EDGES), np.int32),
+                "fitness": np.zeros((runs, queries), np.float32)}
+
+    def restore(self, initial_state):
+        """The newest intact checkpoint (once per run), or None; ``initial_state()`` gives
+        the template of its SPOS state (called only for a checkpoint of this config)."""
+        if self.store is None or not self.resume or self._restore_done:
+            return self.restored
+        self._restore_done = True
+
+        def like(meta):
+            if meta["phase"] == "train":
+                return {"spos": initial_state()}
+            return {"params": initial_state().params, "runs": self.empty_runs()}
+
+        self.restored = self.store.restore(like)
+        if self.restored is not None:
+            meta = self.restored.meta
+            where = (f"SPOS step {meta['loop']['done']} of {self.config.train_steps}" if meta["phase"] == "train"
+                     else f"supernet trained, {meta['runs_done']} of {self.config.runs} runs searched")
+            print(f"jnas: resuming from {self.restored.path} ({where})", file=sys.stderr, flush=True)
+        return self.restored
+
+    def save(self, step: int, arrays, meta: dict):
+        return None if self.store is None else self.store.save(step, arrays, meta)
+
+    def close(self) -> None:
+        self._interrupt.restore()
+        if self.store is not None:
+            self.store.close()
 
 
 def measure_kendall(config: OneShotConfig, trained: TrainedSupernet, table) -> dict[str, Any]:
@@ -147,7 +273,9 @@ def measure_kendall(config: OneShotConfig, trained: TrainedSupernet, table) -> d
 
 
 def run_oneshot(config: OneShotConfig, table, *, progress: bool = True, dataset=None,
-                trained: TrainedSupernet | None = None, kendall: dict | None = None) -> dict[str, Any]:
+                trained: TrainedSupernet | None = None, kendall: dict | None = None,
+                checkpoint_dir=None, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+                keep: int = checkpoint.DEFAULT_KEEP, resume: bool = False) -> dict[str, Any]:
     """Trains the supernet (unless ``trained`` is given), measures its ranking and runs the searchers.
 
     Args:
@@ -161,6 +289,14 @@ def run_oneshot(config: OneShotConfig, table, *, progress: bool = True, dataset=
         run several searchers on one supernet); its training time is reported as is.
       kendall: the ``kendall`` entry of an earlier result on the same ``trained``
         (:func:`measure_kendall`), reused instead of scoring the cells again.
+      checkpoint_dir: where to save checkpoints (see the module docstring); None: none.
+        With a directory, SIGINT saves a checkpoint and raises :class:`OneShotInterrupted`.
+        Not with ``trained`` (whose training state is not at hand).
+      checkpoint_every: save every N SPOS steps (and after the last, after Kendall, and
+        after every chunk of ``config.chunk_runs`` runs).
+      keep: keep the newest K checkpoints.
+      resume: continue from the newest intact checkpoint in ``checkpoint_dir`` (a fresh
+        start if there is none).
 
     Returns:
       A JSON-ready dict: ``config``, ``dataset``, ``supernet``, ``history``, ``kendall``,
@@ -168,37 +304,90 @@ def run_oneshot(config: OneShotConfig, table, *, progress: bool = True, dataset=
 
     Raises:
       jnas.data.DataError: the data cannot be loaded or is too small for the batch size.
+      jnas.checkpoint.CheckpointError: resume from a different config or from damaged
+        checkpoints only.
+      OneShotInterrupted: SIGINT, with checkpoints.
     """
     start = time.perf_counter()
+    if trained is not None and checkpoint_dir is not None:
+        raise ValueError("checkpoint_dir needs a run that trains its own supernet (trained=None)")
+    ckpt = _RunCheckpoints(config, table, checkpoint_dir, checkpoint_every, keep, resume)
+    try:
+        return _run(config, table, ckpt, start, progress=progress, dataset=dataset, trained=trained, kendall=kendall)
+    finally:
+        ckpt.close()
+
+
+def _run(config, table, ckpt: _RunCheckpoints, start: float, *, progress, dataset, trained, kendall):
+    seconds_before = 0.0  # of earlier, interrupted processes, training excluded
+    trained_here = trained is None
     if trained is None:
-        trained = train_supernet(config, progress=progress, dataset=dataset)
+        trained = train_supernet(config, progress=progress, dataset=dataset, _checkpoints=ckpt)
+    trained_at = time.perf_counter()
     net, dataset, fitness_data = trained.net, trained.dataset, trained.fitness_data
     held_out_images = int(fitness_data.label_batches.size)
+    restored = ckpt.restored
+    searched = restored is not None and restored.meta["phase"] == "search"
+    runs_done, search_seconds = 0, 0.0
+    buffers = ckpt.empty_runs()
+    if searched:
+        kendall = restored.meta["kendall"]
+        runs_done, search_seconds = int(restored.meta["runs_done"]), float(restored.meta["search_seconds"])
+        seconds_before = float(restored.meta["other_seconds"])
+        buffers = {name: np.array(value) for name, value in jax.device_get(restored.arrays["runs"]).items()}
     if kendall is None:
         kendall = measure_kendall(config, trained, table)
-    tick = time.perf_counter()
-    searcher = discrete.make(config.algo)
-    runs = oneshot.run_searchers(
-        searcher, oneshot.supernet_fitness(net, config.chunk_size), fitness_data,
-        num_runs=config.runs, num_queries=config.queries, seed=config.seed, progress=progress,
-    )
-    search_seconds = time.perf_counter() - tick
+    base_step = config.train_steps + 1  # checkpoint `base_step + k`: k chunks of runs searched
 
-    best_codes = np.asarray(nb201.encoding_to_code(runs.best_encoding))
+    def save(chunks_done):
+        path = ckpt.save(base_step + chunks_done, {"params": trained.params, "runs": buffers}, {
+            "phase": "search", "history": trained.history, "kendall": kendall, "runs_done": runs_done,
+            "train_seconds": trained.seconds, "search_seconds": search_seconds,
+            "other_seconds": seconds_before + time.perf_counter() - trained_at,
+        })
+        if ckpt.interrupted:
+            raise OneShotInterrupted(f"{runs_done} of {config.runs} runs searched", path)
+
+    chunk = min(config.chunk_runs or config.runs, config.runs)
+    if not searched:
+        save(0)
+    searcher = discrete.make(config.algo)
+    fitness_fn = oneshot.supernet_fitness(net, config.chunk_size)
+    while runs_done < config.runs:
+        tick = time.perf_counter()
+        count = min(chunk, config.runs - runs_done)
+        part = oneshot.run_searchers(searcher, fitness_fn, fitness_data, num_runs=count,
+                                     num_queries=config.queries, seed=config.seed, start=runs_done,
+                                     progress=progress)
+        buffers["encodings"][runs_done:runs_done + count] = part.encodings
+        buffers["fitness"][runs_done:runs_done + count] = part.fitness
+        runs_done += count
+        search_seconds += time.perf_counter() - tick
+        save(-(-runs_done // chunk))
+
+    encodings, fitness = buffers["encodings"], buffers["fitness"]
+    best = np.argmax(fitness, axis=1)  # first on ties, as in oneshot.run_searchers
+    rows = np.arange(config.runs)
+    best_encoding, best_fitness = encodings[rows, best], fitness[rows, best]
+    best_codes = np.asarray(nb201.encoding_to_code(best_encoding))
     test = np.asarray(table.columns[TABLE_COLUMN])[best_codes]
     valid = np.asarray(table.columns["c10_valid_acc_200"])[best_codes]
     per_run = [
         {
             "run": i,
-            "arch": nb201.format_arch(runs.best_encoding[i]),
+            "arch": nb201.format_arch(best_encoding[i]),
             "index": int(table.index[code]),
-            "supernet_acc": round(float(runs.best_fitness[i]), 4),
+            "supernet_acc": round(float(best_fitness[i]), 4),
             "c10_test_acc_200": round(float(test[i]), 4),
             "c10_valid_acc_200": round(float(valid[i]), 4),
-            "distinct_cells": int(len(np.unique(nb201.encoding_to_code(runs.encodings[i])))),
+            "distinct_cells": int(len(np.unique(nb201.encoding_to_code(encodings[i])))),
         }
         for i, code in enumerate(best_codes)
     ]
+    # training is timed by train_supernet (over every process); the rest here
+    total = trained.seconds + seconds_before + time.perf_counter() - trained_at
+    if not trained_here:
+        total += trained_at - start
     return {
         "mode": "supernet",
         "algo": config.algo,
@@ -221,13 +410,13 @@ def run_oneshot(config: OneShotConfig, table, *, progress: bool = True, dataset=
         "per_run": per_run,
         "test_mean": round(float(np.mean(test)), 4),
         "test_std": round(float(np.std(test)), 4),
-        "supernet_acc_mean": round(float(np.mean(runs.best_fitness)), 4),
+        "supernet_acc_mean": round(float(np.mean(best_fitness)), 4),
         "table": str(getattr(table, "path", "")),
         "seconds": {
             "train": round(trained.seconds, 3),
             "kendall": kendall["seconds"],
             "search": round(search_seconds, 3),
-            "total": round(trained.seconds + time.perf_counter() - start, 3),
+            "total": round(total, 3),
         },
         "jax_version": jax.__version__,
     }

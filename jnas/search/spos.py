@@ -241,18 +241,29 @@ def evaluate_population(params, encodings, images, labels, config: supernet.Supe
 
 
 def train(trainer: SposTrainer, state: SposState, batches, num_steps: int, log_every: int | None = None,
-          progress: bool = False) -> tuple[SposState, list[dict]]:
+          progress: bool = False, *, loop: dict | None = None,
+          after_step: Callable[[SposState, int, Callable[[], dict]], None] | None = None,
+          ) -> tuple[SposState, list[dict]]:
     """Runs ``num_steps`` SPOS steps on the weight half of ``batches``.
 
     Args:
       trainer: from :func:`make_spos`.
-      state: from ``trainer.init``.
+      state: from ``trainer.init``, or the state an interrupted call had reached.
       batches: a :class:`jnas.data.BilevelBatches` (or anything with ``epoch(e)``
-        yielding ``(train_x, train_y, ...)``); epochs follow one another until
-        ``num_steps`` steps are done. Only the train half is used.
-      num_steps: steps to take.
+        yielding ``(train_x, train_y, ...)``, and ``epoch(e, start_step)`` to resume
+        mid-epoch); epochs follow one another until ``num_steps`` steps are done. Only
+        the train half is used.
+      num_steps: steps to take in all (those of ``loop`` included).
       log_every: steps per history row (default ``max(1, num_steps // 20)``).
       progress: a tqdm bar on stderr (when stderr is a terminal).
+      loop: where an interrupted call stopped, as given by the ``snapshot`` of its
+        ``after_step`` (with ``state`` the state it had then): the call continues with
+        exactly the batches, path keys (``state.step``) and history window an
+        uninterrupted one would use, so it ends with the same state and history.
+      after_step: ``after_step(state, done, snapshot)`` after every step (``done``
+        steps taken in all); ``snapshot()`` returns the loop position as JSON-ready
+        dict ``{"done", "epoch", "position", "window", "history"}`` for ``loop``. It
+        may raise to stop training (e.g. after saving a checkpoint on SIGINT).
 
     Returns:
       The final state and the history: rows ``{"step", "loss", "accuracy", "lr"}``,
@@ -262,21 +273,36 @@ def train(trainer: SposTrainer, state: SposState, batches, num_steps: int, log_e
 
     num_steps = int(num_steps)
     log_every = max(1, num_steps // 20) if log_every is None else max(1, int(log_every))
-    history, window = [], []
-    bar = tqdm(total=num_steps, desc="SPOS supernet", unit="step", disable=None if progress else True,
-               dynamic_ncols=True, leave=False)
-    done, epoch = 0, 0
+    loop = loop or {}
+    done, epoch, position = int(loop.get("done", 0)), int(loop.get("epoch", 0)), int(loop.get("position", 0))
+    history = [dict(row) for row in loop.get("history", [])]
+    # float32 as the step returned them (JSON holds float32 values exactly as float64),
+    # so a row's mean is computed over the same float32 values as without the pause
+    window = [(np.float32(loss), np.float32(acc)) for loss, acc in loop.get("window", [])]
+
+    def snapshot() -> dict:
+        return {
+            "done": done,
+            "epoch": epoch,
+            "position": position,
+            "window": [[float(loss), float(acc)] for loss, acc in jax.device_get(window)],
+            "history": [dict(row) for row in history],
+        }
+
+    bar = tqdm(total=num_steps, initial=done, desc="SPOS supernet", unit="step",
+               disable=None if progress else True, dynamic_ncols=True, leave=False)
     try:
         while done < num_steps:
-            for batch in batches.epoch(epoch):
+            for batch in batches.epoch(epoch, position) if position else batches.epoch(epoch):
                 if done >= num_steps:
                     break
                 state, metrics = trainer.step(state, Batch(jnp.asarray(batch[0]), jnp.asarray(batch[1])))
                 window.append((metrics["loss"], metrics["accuracy"]))
                 done += 1
+                position += 1
                 bar.update(1)
                 if len(window) == log_every or done == num_steps:
-                    losses, accs = np.asarray(jax.device_get(window)).T
+                    losses, accs = np.asarray(jax.device_get(window), np.float32).T
                     history.append({
                         "step": done,
                         "loss": round(float(losses.mean()), 5),
@@ -285,7 +311,10 @@ def train(trainer: SposTrainer, state: SposState, batches, num_steps: int, log_e
                     })
                     bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", acc=f"{history[-1]['accuracy']:.3f}")
                     window = []
-            epoch += 1
+                if after_step is not None:
+                    after_step(state, done, snapshot)
+            else:
+                epoch, position = epoch + 1, 0
     finally:
         bar.close()
     return state, history
