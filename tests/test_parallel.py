@@ -355,3 +355,35 @@ def test_one_device_mesh_round_trip():
 
 if __name__ == "__main__":
     _worker(*sys.argv[1:])
+
+
+def test_jnas_search_devices_flag_matches_one_device(tmp_path):
+    """`jnas search --devices 2` end to end (runner + CLI) against the same search on one device."""
+    argv = [sys.executable, "-m", "jnas.cli", "search", "--steps", "3", "--limit", "64", "--channels", "2",
+            "--cells", "1", "--batch-size", "8", "--no-progress"]
+    procs = [
+        subprocess.Popen([*argv, "--out", str(tmp_path / name), *extra], env=_env(2), cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, extra in (("one", []), ("two", ["--devices", "2"]))
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=TIMEOUT_S)
+        assert proc.returncode == 0, err[-3000:]
+    one = json.loads((tmp_path / "one" / "result.json").read_text())
+    two = json.loads((tmp_path / "two" / "result.json").read_text())
+    assert (one["devices"], two["devices"]) == (1, 2)
+    assert one["genotype"] == two["genotype"]
+    np.testing.assert_allclose(two["arch_weights"], one["arch_weights"], rtol=0, atol=1e-7)
+    for a, b in zip(one["history"], two["history"]):
+        assert abs(a["train_loss"] - b["train_loss"]) <= 1e-5 * abs(a["train_loss"])
+
+
+@pytest.mark.parametrize("value", ["3", "0", "many"])
+def test_jnas_search_bad_devices(value, tmp_path, capsys):
+    from jnas.cli import main
+
+    # the test process sees 1 CPU device: 3 is too many, 0 and 'many' are not counts
+    assert main(["search", "--devices", value, "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--devices" in err[0], err
+    assert not (tmp_path / "o").exists()

@@ -81,6 +81,10 @@ def add_parser(subparsers) -> None:
                    help="dominant Hessian eigenvalue of the val loss w.r.t. α every N epochs (0: off)")
     d.add_argument("--hessian-batches", type=bounded_int(64), default=2, help="val batches for the Hessian")
     d.add_argument("--hessian-iters", type=bounded_int(1000), default=20, help="power iterations")
+    x = p.add_argument_group("devices")
+    x.add_argument("--devices", default=None, metavar="all|N",
+                   help="data-parallel: split each global batch over all (or the first N) devices "
+                        "(default: one device)")
     p.set_defaults(run=run)
 
 
@@ -95,6 +99,14 @@ def run(args) -> int:
         run_search,
     )
 
+    devices = None
+    if args.devices is not None:
+        from jnas import parallel
+
+        try:
+            devices = parallel.device_count(args.devices)  # "all" | N, checked against the visible devices
+        except ValueError as err:
+            raise UsageError(f"--devices: {err}") from None
     try:
         config = SearchConfig(
             space=args.space, method=args.method, order=args.order, dataset=args.dataset,
@@ -139,6 +151,7 @@ def run(args) -> int:
             config, table=table, progress=not args.no_progress, checkpoint_dir=out / CHECKPOINTS,
             checkpoint_every=args.checkpoint_every or DEFAULT_CHECKPOINT_EVERY,
             keep=args.keep or DEFAULT_KEEP, resume=args.resume is not None, on_nonfinite=args.on_nonfinite,
+            devices=devices,
         )
     except (DataError, CheckpointError) as err:
         raise UsageError(str(err)) from None

@@ -19,7 +19,7 @@ import numpy as np
 
 from jnas import checkpoint
 from jnas import data as jdata
-from jnas import diagnostics
+from jnas import diagnostics, parallel
 from jnas.search import darts, networks
 from jnas.supernet import nb201 as supernet
 
@@ -154,7 +154,7 @@ def _mean(values):
 def run_search(config: SearchConfig, *, table=None, progress: bool = True, dataset=None,
                checkpoint_dir=None, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
                keep: int = checkpoint.DEFAULT_KEEP, resume: bool = False,
-               on_nonfinite: str = "stop") -> dict[str, Any]:
+               on_nonfinite: str = "stop", devices: str | int | None = None) -> dict[str, Any]:
     """Runs the search described by ``config`` and returns the ``result.json`` payload.
 
     Args:
@@ -174,6 +174,13 @@ def run_search(config: SearchConfig, *, table=None, progress: bool = True, datas
         naming the step, after saving the last finite state; ``"skip"``: that batch's
         update is dropped and counted in the epoch's ``nonfinite_skipped``.
 
+      devices: None: one device (plain ``jax.jit``); ``"all"`` or N: data-parallel over a
+        mesh of that many devices (:mod:`jnas.parallel`): each global batch is split over
+        them (``batch_size`` must be a multiple of N), weights and α stay replicated and
+        XLA all-reduces the gradients; BatchNorm sees the global batch, so results equal
+        one device's up to float32 reduction order. Not part of the config: a checkpoint
+        resumes on any device count.
+
     Raises:
       NonFiniteError, SearchInterrupted, jnas.checkpoint.CheckpointError (resume from a
       different config or from damaged checkpoints only), jnas.data.DataError.
@@ -191,6 +198,9 @@ def run_search(config: SearchConfig, *, table=None, progress: bool = True, datas
     if dataset is None:
         dataset = jdata.load_dataset(config.dataset, split="train", data_dir=config.data_dir, limit=config.limit)
     batches = jdata.BilevelBatches(dataset, config.batch_size, config.seed)
+    mesh = None if devices is None else parallel.make_mesh(devices)
+    if mesh is not None and config.batch_size % mesh.devices.size:
+        raise ValueError(f"--batch-size {config.batch_size} is not a multiple of the {mesh.devices.size} devices")
     epochs = config.resolved_epochs()
     total_steps = epochs * batches.steps_per_epoch
     if config.steps is not None:
@@ -211,7 +221,10 @@ def run_search(config: SearchConfig, *, table=None, progress: bool = True, datas
     )
     search = darts.make_darts(network, darts_config, total_steps, steps_per_epoch=batches.steps_per_epoch)
     state = search.init(jax.random.key(config.seed))
-    step_fn = jax.jit(_guarded(search.step), donate_argnums=0)
+    if mesh is None:
+        step_fn = jax.jit(_guarded(search.step), donate_argnums=0)
+    else:
+        step_fn = parallel.data_parallel_step(_guarded(search.step), mesh, donate_state=True)
     hessian_fn = _hessian_probe(search, config, batches) if config.hessian_every else None
 
     # The loop's position: the state after `done` steps, at batch `position` of `epoch`,
@@ -225,6 +238,8 @@ def run_search(config: SearchConfig, *, table=None, progress: bool = True, datas
             print(f"jnas: resuming from {restored.path} (step {loop['done']} of {total_steps})",
                   file=sys.stderr, flush=True)
     history = loop["history"]
+    if mesh is not None:
+        state = parallel.replicate(state, mesh)  # also after a restore: any device count resumes
 
     def save():
         if checkpoints is None:
@@ -250,11 +265,14 @@ def run_search(config: SearchConfig, *, table=None, progress: bool = True, datas
             for train_x, train_y, val_x, val_y in batches.epoch(epoch, loop["position"]):
                 if loop["done"] >= total_steps:
                     break
-                state, metrics, finite = step_fn(
-                    state,
-                    darts.Batch(jnp.asarray(train_x), jnp.asarray(train_y)),
-                    darts.Batch(jnp.asarray(val_x), jnp.asarray(val_y)),
-                )
+                train_batch, val_batch = darts.Batch(train_x, train_y), darts.Batch(val_x, val_y)
+                if mesh is None:
+                    train_batch = jax.tree.map(jnp.asarray, train_batch)
+                    val_batch = jax.tree.map(jnp.asarray, val_batch)
+                else:
+                    train_batch = parallel.shard_batch(train_batch, mesh)
+                    val_batch = parallel.shard_batch(val_batch, mesh)
+                state, metrics, finite = step_fn(state, train_batch, val_batch)
                 metrics, finite = jax.device_get((metrics, finite))
                 if not finite and on_nonfinite == "stop":
                     # the guarded step returned the state before this batch: keep it
@@ -321,6 +339,7 @@ def run_search(config: SearchConfig, *, table=None, progress: bool = True, datas
         "seconds": seconds_before + time.perf_counter() - start,
         "jax_version": jax.__version__,
         "backend": jax.default_backend(),
+        "devices": 1 if mesh is None else int(mesh.devices.size),
     }
     if "edge_weights" in final:
         result["edge_weights"] = final["edge_weights"]
