@@ -17,6 +17,8 @@ COMMANDS = {
     "search": "search",
     "bench": "bench",
     "evolve": "evolve",
+    "train": "train",
+    "model": "model",
 }
 
 
