@@ -17,6 +17,7 @@ COMMANDS = {
     "search": "search",
     "bench": "bench",
     "evolve": "evolve",
+    "score": "score",
     "train": "train",
     "model": "model",
 }

@@ -1,0 +1,45 @@
+"""Scatter of a ``jnas score`` CSV's proxy (mean over inits) against NB201 CIFAR-10 test accuracy.
+
+    python experiments/proxies/plot_scores.py scores.csv synflow experiments/proxies/synflow_all.png
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from jnas.benchmarks import nb201 as bench  # noqa: E402
+
+
+def main() -> None:
+    path, proxy, out = sys.argv[1:4]
+    table = bench.load_table(bench.default_path())
+    rows = list(csv.DictReader(open(path)))
+    score = np.array([float(r[f"{proxy}_mean"]) for r in rows])
+    acc = np.array([table.lookup(r["arch"])["c10_test_acc_200"] for r in rows])
+    from scipy import stats
+
+    rho = stats.spearmanr(score, acc).statistic
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    finite = np.isfinite(score)
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    ax.scatter(score[finite], acc[finite], s=1, alpha=0.3)
+    ax.set_xlabel(f"{proxy}" + (" (natural log)" if proxy == "synflow" else ""))
+    ax.set_ylabel("NB201 CIFAR-10 test accuracy, 200 epochs (%)")
+    ax.set_title(f"{proxy}, {len(rows)} cells: Spearman {rho:.3f} ({(~finite).sum()} at -inf not drawn)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    print(out, rho)
+
+
+if __name__ == "__main__":
+    main()
