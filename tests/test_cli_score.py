@@ -8,28 +8,10 @@ import json
 import pytest
 
 from jnas.benchmarks import nb201 as bench
-from jnas.cli import main
 from jnas.spaces import nb201 as space
+from test_cli import assert_usage_error, run_cli
 
 TINY = ["--channels", "2", "--cells", "1", "--image-size", "8", "--batch-size", "4", "--no-progress"]
-
-
-def run_cli(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_usage_error(code, err, *fragments):
-    assert code == 2
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_score_writes_csv_and_json(tmp_path, capsys):

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from jnas.cli.common import (UsageError, bounded_int, non_negative_int, positive_int, prepare_out_dir,
-                             print_json, write_json_atomic)
+from jnas.cli.common import (UsageError, bounded_int, non_negative_float, non_negative_int, positive_int,
+                             prepare_out_dir, print_json, write_json_atomic)
 
 
 def _fraction(text: str) -> float:
@@ -17,16 +17,6 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {value}")
     return value
 
 
@@ -47,15 +37,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--layers", type=bounded_int(1000), default=20, help="number of cells (20)")
     p.add_argument("--channels", type=bounded_int(4096), default=36, help="C, initial channels (36)")
     p.add_argument("--auxiliary", action="store_true", help="auxiliary head (loss weight --auxiliary-weight)")
-    p.add_argument("--auxiliary-weight", type=_non_negative_float, default=0.4)
+    p.add_argument("--auxiliary-weight", type=non_negative_float, default=0.4)
     p.add_argument("--cutout", action="store_true", help="cutout augmentation (--cutout-length)")
     p.add_argument("--cutout-length", type=bounded_int(1024), default=16)
     p.add_argument("--drop-path", type=_fraction, default=0.2, help="final drop path probability (0.2)")
     p.add_argument("--epochs", type=bounded_int(100_000), default=600)
     p.add_argument("--batch-size", type=bounded_int(65_536), default=96)
-    p.add_argument("--lr", type=_non_negative_float, default=0.025, help="initial learning rate")
-    p.add_argument("--weight-decay", type=_non_negative_float, default=3e-4)
-    p.add_argument("--grad-clip", type=_non_negative_float, default=5.0)
+    p.add_argument("--lr", type=non_negative_float, default=0.025, help="initial learning rate")
+    p.add_argument("--weight-decay", type=non_negative_float, default=3e-4)
+    p.add_argument("--grad-clip", type=non_negative_float, default=5.0)
     p.add_argument("--steps-per-epoch", type=positive_int, default=None,
                    help="cap the steps of every epoch (short runs and smoke tests)")
     p.add_argument("--limit", type=positive_int, default=None, help="use only the first LIMIT images of each split")
