@@ -180,18 +180,7 @@ def network(genotype: space.Genotype, config: NetworkConfig) -> EvalNetwork:
     aux_at = 2 * config.layers // 3
 
     def init(key):
-        sizes = [int(np.prod(shape)) for shape, _ in shapes.values()]
-        flat = np.asarray(jax.random.uniform(key, (sum(sizes),), jnp.float32, -1.0, 1.0))
-        params, offset = {}, 0
-        for (path, (shape, fan_in)), size in zip(shapes.items(), sizes):
-            if path.endswith(".scale"):
-                value = np.ones(shape, np.float32)
-            elif path.endswith(".bias"):
-                value = np.zeros(shape, np.float32)
-            else:
-                value = flat[offset : offset + size].reshape(shape) * np.float32(1.0 / np.sqrt(fan_in))
-            offset += size
-            params[path] = jnp.asarray(value)
+        params = dops.init_params(key, shapes)
         stats = {}
         for path in stat_paths:
             c = shapes[f"{path}.scale"][0]

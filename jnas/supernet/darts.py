@@ -208,19 +208,7 @@ class _Net:
     def init(self, key):
         """PyTorch's default init (U(±1/sqrt(fan_in)), BN scale 1, bias 0), from one draw."""
         shapes = self.param_shapes()
-        sizes = [int(np.prod(shape)) for shape, _ in shapes.values()]
-        flat = np.asarray(jax.random.uniform(key, (sum(sizes),), jnp.float32, -1.0, 1.0))
-        params, offset = {}, 0
-        for (path, (shape, fan_in)), size in zip(shapes.items(), sizes):
-            if path.endswith(".scale"):
-                value = np.ones(shape, np.float32)
-            elif path.endswith(".bias"):
-                value = np.zeros(shape, np.float32)
-            else:
-                value = flat[offset : offset + size].reshape(shape) * np.float32(1.0 / np.sqrt(fan_in))
-            offset += size
-            params[path] = jnp.asarray(value)
-        return params
+        return dops.init_params(key, shapes)
 
     def init_arch(self, key):
         alpha_key, beta_key = jax.random.split(key)

@@ -29,6 +29,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jnas.supernet import ops as base_ops
@@ -199,3 +200,25 @@ def apply_op(name: str, x, stride: int, params: dict, path: str, bn: BatchNormFn
         shape = x[:, ::stride, ::stride].shape
         return jax.random.normal(key, shape, x.dtype)
     raise ValueError(f"unknown op {name!r}; known: {', '.join(SUPPORTED_OPS)}")
+
+
+def init_params(key, shapes) -> dict:
+    """PyTorch's default init from a ``{path: (shape, fan_in)}`` table, in one draw.
+
+    Weights U(±1/sqrt(fan_in)); paths ending in ``.scale`` (BN) are ones, ``.bias``
+    zeros. Shared by the search network and the evaluation network.
+    """
+    sizes = [int(np.prod(shape)) for shape, _ in shapes.values()]
+    flat = np.asarray(jax.random.uniform(key, (sum(sizes),), jnp.float32, -1.0, 1.0))
+    params, offset = {}, 0
+    for (path, (shape, fan_in)), size in zip(shapes.items(), sizes):
+        if path.endswith(".scale"):
+            value = np.ones(shape, np.float32)
+        elif path.endswith(".bias"):
+            value = np.zeros(shape, np.float32)
+        else:
+            value = flat[offset : offset + size].reshape(shape) * np.float32(1.0 / np.sqrt(fan_in))
+        offset += size
+        params[path] = jnp.asarray(value)
+    return params
+
