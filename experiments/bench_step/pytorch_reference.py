@@ -105,6 +105,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (times include a synchronize)")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     return p.parse_args(argv)
 
@@ -226,7 +227,8 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
 
-    net = build_network(args)
+    device = torch.device(args.device)
+    net = build_network(args).to(device)
     net.train()
     weights = net.get_weights()
     alphas = net.get_alphas()
@@ -246,19 +248,25 @@ def main(argv=None):
     shape = (args.batch_size, args.in_channels, args.image_size, args.image_size)
 
     def make_batch():
-        return (
+        return tuple(t.to(device) for t in (
             torch.randn(shape, generator=gen),
             torch.randint(0, args.num_classes, (args.batch_size,), generator=gen),
             torch.randn(shape, generator=gen),
             torch.randint(0, args.num_classes, (args.batch_size,), generator=gen),
-        )
+        ))
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     step_times = []
     losses = []
     for i in range(args.warmup + args.steps):
         batch = make_batch()  # data creation is outside the timed region
+        sync()
         t0 = time.perf_counter()
         loss = search_step(args.order, net, weights, alphas, w_optimizer, a_optimizer, batch)
+        sync()  # float(loss) already waits on CUDA; kept explicit
         dt = time.perf_counter() - t0
         losses.append(loss)
         if i >= args.warmup:
@@ -280,6 +288,7 @@ def main(argv=None):
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "images_per_s": (2 * args.batch_size) / median if step_times else None,
         "torch_version": torch.__version__,
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "threads": args.threads,
         "config": {
             "batch_size": args.batch_size,
