@@ -27,6 +27,15 @@ A run's checkpoints live in one directory, one numbered sub-directory per saved 
   name and the next older one is tried.
 * **Same config.** The metadata holds the run's config; resuming with a different
   one is refused with the differing keys named, before anything is overwritten.
+* **Any device count.** The arrays are saved as whole host arrays (``jax.device_get``
+  of replicated arrays), so a run saved on 8 devices resumes on 1 or 4.
+* **Several processes** (multi-process JAX, :mod:`jnas.parallel`). Every process calls
+  :meth:`Checkpoints.save` and :meth:`Checkpoints.restore` alike, with the same
+  arrays, because orbax's ``CheckpointManager`` requires it (it keeps the processes in
+  step with barriers); only process 0 writes: orbax writes replicated host arrays and
+  the metadata from process 0, and jnas writes its manifest and sets damaged
+  checkpoints aside there too. Every process must see the same directory (a shared
+  file system): orbax's barriers assume it, and so does resuming.
 """
 
 from __future__ import annotations
@@ -41,6 +50,8 @@ from typing import Callable
 
 import jax
 import numpy as np
+
+from jnas import parallel
 
 FORMAT_VERSION = 1
 DEFAULT_KEEP = 3
@@ -96,6 +107,14 @@ def config_differences(saved: dict, given: dict) -> list[str]:
         if _canonical(a) != _canonical(b):
             out.append(f"{name} (checkpoint {a!r}, now {b!r})")
     return out
+
+
+def _sync(what: str) -> None:
+    """With several processes, waits until every process has got here."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"jnas.checkpoint: {what}")
 
 
 def _stderr(message: str) -> None:
@@ -164,13 +183,16 @@ class Checkpoints:
         """Saves ``arrays`` and ``meta`` as checkpoint ``step`` (atomically), then prunes to ``keep``.
 
         Saving a step that already exists replaces nothing and returns its path: the
-        state at a given step of a deterministic run is the same.
+        state at a given step of a deterministic run is the same. With several
+        processes, every process calls it (see the module docstring).
         """
         ocp = self._ocp
         step = int(step)
         manager = self._open()
         if step in manager.all_steps():
             return self.path(step)
+        # listed before this save's barriers, so that every process prunes the same steps
+        prune = sorted(set(self.steps()) | {step})[: -self.keep]
         host = jax.device_get(to_saveable(arrays))
         payload = json.loads(json.dumps(meta, allow_nan=True))  # plain JSON types, order kept
         record = {
@@ -187,8 +209,10 @@ class Checkpoints:
         manager.wait_until_finished()
         # The manifest is written last: a checkpoint without one is incomplete. Only then
         # do the oldest go, so `keep` intact ones remain whenever the process dies.
-        _write_manifest(self.path(step))
-        for old in self.steps()[: -self.keep]:
+        if parallel.is_primary():
+            _write_manifest(self.path(step))
+        _sync(f"checkpoint {step} written")  # complete, manifest included, when any process returns
+        for old in prune:
             manager.delete(old)
         return self.path(step)
 
@@ -273,13 +297,15 @@ class Checkpoints:
         """Moves damaged checkpoints out of the numbered sequence (kept for inspection, never
         loaded), so the resumed run can save those steps again."""
         self.close()
-        for path in paths:
-            target = path.with_name(f"damaged-{path.name}")
-            suffix = 0
-            while target.exists():
-                suffix += 1
-                target = path.with_name(f"damaged-{path.name}-{suffix}")
-            path.rename(target)
+        if parallel.is_primary():
+            for path in paths:
+                target = path.with_name(f"damaged-{path.name}")
+                suffix = 0
+                while target.exists():
+                    suffix += 1
+                    target = path.with_name(f"damaged-{path.name}-{suffix}")
+                path.rename(target)
+        _sync("damaged checkpoints set aside")  # before any process lists the steps again
 
     def close(self) -> None:
         if self._manager is not None:

@@ -59,6 +59,7 @@ __all__ = [
     "shard_batch",
     "replicate",
     "shard_leading_axis",
+    "gather",
     "data_parallel_step",
     "initialize_distributed",
     "is_primary",
@@ -196,6 +197,15 @@ def shard_leading_axis(tree, mesh: Mesh):
         return _put(x, sharding)
 
     return jax.tree.map(put, tree)
+
+
+def gather(tree, mesh: Mesh):
+    """Every leaf of ``tree`` replicated over ``mesh`` (split leaves all-gathered).
+
+    With several processes no process can read a split array whole; after this, every
+    process can (``jax.device_get``, ``np.asarray``).
+    """
+    return jax.jit(lambda x: x, out_shardings=replicated_sharding(mesh))(tree)
 
 
 def data_parallel_step(step_fn: Callable, mesh: Mesh, *, donate_state: bool = False) -> Callable:

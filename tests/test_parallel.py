@@ -12,11 +12,19 @@ all-reduce -- so only the order of the additions differs. Over 5 steps we measur
 |Δα| <= 5e-9 (α itself ~1e-3, moving ~1e-3 in those steps) and |Δw| <= 1.2e-7 (weights
 O(0.1..1)); the tests allow ``atol`` 1e-7 on α (20x margin, 1e-4 of α's movement)
 and 1e-6 on the weights, 1e-5 relative on the losses, and require the same genotype.
-Sharded scoring has no reduction across the sharded axis; it is compared at 1e-6.
+Sharded scoring has no reduction across the sharded axis; it is compared at 1e-6. So do
+``jnas score``'s driver and the searches of supernet-mode ``jnas evolve``, which run the
+unchanged per-device function on each device's rows (``jax.shard_map``): nwot scores, the
+searches' cells and fitness and the Kendall scores are compared exactly, synflow at 1e-5
+relative (float32 rounding: a device evaluates another batch of cells than one device does,
+which XLA may fuse differently; we measured equality here and <= 7e-8 on other cell sets).
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
 import json
 import os
 import socket
@@ -28,6 +36,7 @@ import numpy as np
 import pytest
 
 from jnas import parallel
+from test_cli import assert_usage_error, run_cli
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
@@ -38,6 +47,12 @@ ALPHA_ATOL = 1e-7
 PARAMS_ATOL = 1e-6
 LOSS_RTOL = 1e-5
 SCORE_TOL = 1e-6
+SCORE_PROXIES = ("nwot", "synflow")
+PROXY_RTOL = 1e-5  # synflow; nwot exactly
+HOST_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+# `jnas score` in the two-process test and its one-process reference
+SCORE_ARGV = ["score", "--proxy", "nwot", "--archs", "8", "--chunk", "2", "--channels", "2", "--cells", "1",
+              "--image-size", "8", "--batch-size", "4", "--no-progress", "--json"]
 
 
 # --------------------------------------------------------------------------- workers
@@ -165,18 +180,116 @@ def _score(devices):
     return np.asarray(out)
 
 
+def _score_archs(devices):
+    """``jnas score``'s driver: 10 cells x 3 inits (init chunks of 2), 3 cells per device and call."""
+    from jnas.proxies import batched
+    from jnas.spaces import nb201 as space
+    from jnas.supernet import nb201
+
+    rng = np.random.default_rng(2)
+    codes = rng.choice(space.NUM_ARCHS, 10, replace=False)
+    images = rng.normal(size=(4, 8, 8, 3)).astype(np.float32)
+    labels = rng.integers(0, 10, 4)
+    result = batched.score_archs(codes, SCORE_PROXIES, nb201.SupernetConfig(channels=2, cells=1, image_size=8),
+                                 images=images, labels=labels, inits=3, chunk=3, init_chunk=2, devices=devices)
+    return {"scores": {name: s.tolist() for name, s in result.scores.items()}, "chunk": result.chunk,
+            "devices": result.devices}
+
+
+def _searches(devices):
+    """Supernet-mode searches: 8 REA runs x 5 queries, fitness under random supernet weights."""
+    import jax
+    from jnas.search import discrete, oneshot, spos
+    from jnas.supernet import nb201
+
+    config = nb201.SupernetConfig(channels=2, cells=1, num_classes=3, in_channels=1, image_size=8)
+    rng = np.random.default_rng(4)
+    image_batches, label_batches = spos.batch_eval_data(rng.normal(size=(16, 8, 8, 1)), rng.integers(0, 3, 16), 8)
+    data = oneshot.SupernetFitnessData(nb201.init(jax.random.key(0), config), image_batches, label_batches)
+    mesh = None if devices is None else parallel.make_mesh(devices)
+    runs = oneshot.run_searchers(discrete.make("rea", population_size=3, sample_size=2),
+                                 oneshot.supernet_fitness(config), data, num_runs=8, num_queries=5, seed=3, mesh=mesh)
+    return {"encodings": runs.encodings.tolist(), "fitness": runs.fitness.tolist(),
+            "state": [np.asarray(leaf).tolist() for leaf in jax.tree.leaves(runs.state)]}
+
+
+def _main(argv) -> tuple[int, str, str]:
+    """``jnas ARGV`` in this process: exit code, stdout, stderr."""
+    from jnas.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(argv)
+    return code, stdout.getvalue(), stderr.getvalue()
+
+
+def _evolve_cli(tmp: Path):
+    """``jnas evolve --supernet`` on 1 and on 4 devices, and with runs that 4 cannot split."""
+    from jnas.benchmarks import nb201 as bench
+
+    table = bench.default_path()
+    if table is None:
+        return None
+    argv = ["evolve", "--supernet", "--table", str(table), "--algo", "rea", "--dataset", "digits", "--limit", "64",
+            "--channels", "2", "--cells", "1", "--batch-size", "8", "--train-steps", "2", "--queries", "4",
+            "--kendall-cells", "6", "--no-progress", "--json"]
+    out = {}
+    for name, extra in (("one", []), ("four", ["--devices", "4"])):
+        code, _, err = _main([*argv, "--runs", "4", "--out", str(tmp / name), *extra])
+        out[name] = json.loads((tmp / name / "result.json").read_text()) if code == 0 else err
+    code, _, err = _main([*argv, "--runs", "6", "--devices", "4", "--out", str(tmp / "six")])
+    out["indivisible"] = {"code": code, "stderr": err, "created": (tmp / "six").exists()}
+    return out
+
+
+def _checkpoints(directory: Path) -> dict:
+    """Every process saves 3 checkpoints (keep 2) of one replicated state in one directory, then restores."""
+    import jax
+    from jnas import checkpoint
+
+    state = parallel.replicate({"weights": np.arange(6, dtype=np.float32), "key": jax.random.key(7)},
+                               parallel.make_mesh("all"))
+    with checkpoint.Checkpoints(directory, "test", {"run": 1}, keep=2) as store:
+        for step in (1, 2, 3):
+            store.save(step, state, {"step": step})
+        restored = store.restore(state)
+    return {
+        "steps": store.steps(),
+        "restored_step": restored.step,
+        "weights": np.asarray(restored.arrays["weights"]).tolist(),
+        "key_data": np.asarray(jax.random.key_data(restored.arrays["key"])).tolist(),
+        "array_writers": sorted({p.name for p in directory.glob("*/state/ocdbt.process_*")}),
+    }
+
+
 def _worker(mode: str, out_path: str, *rest: str) -> None:
     result: dict = {}
     if mode == "multiprocess":
         port, process_id = rest
-        result["initialized"] = parallel.initialize_distributed(f"localhost:{port}", 2, int(process_id))
+        # the host flags start multi-process JAX: one 4-device mesh over both processes
+        host_flags = ["--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", process_id]
+        scores = Path(f"{out_path}.scores.{process_id}.csv")
+        code, stdout, _ = _main([*SCORE_ARGV, *host_flags, "--out", str(scores)])
+        result["score"] = {"code": code, "stdout": stdout, "csv": scores.read_text() if scores.exists() else None}
         import jax
 
-        result.update(process_count=jax.process_count(), device_count=jax.device_count(),
-                      local_device_count=jax.local_device_count(), primary=parallel.is_primary())
+        result.update(initialized=jax.distributed.is_initialized(), process_count=jax.process_count(),
+                      device_count=jax.device_count(), local_device_count=jax.local_device_count(),
+                      primary=parallel.is_primary())
         result["search"] = _run_search("darts", "all")
         result["search_process_local"] = _run_search("darts", "all", process_local=True)
+        result["checkpoints"] = _checkpoints(Path(f"{out_path}.checkpoints"))
         out_path = f"{out_path}.{process_id}"
+    elif mode == "rows":
+        import jax
+
+        result["device_count"] = jax.device_count()
+        result["score"] = {"reference": _score_archs(None), "sharded": _score_archs(4)}
+        result["searches"] = {"reference": _searches(None), "sharded": _searches(4)}
+        result["evolve"] = _evolve_cli(Path(out_path).parent / "evolve")
+        scores = Path(f"{out_path}.scores.csv")
+        code, _, err = _main([*SCORE_ARGV, "--out", str(scores)])
+        result["score_cli"] = {"code": code, "stderr": err, "csv": scores.read_text() if code == 0 else None}
     else:
         import jax
 
@@ -226,6 +339,7 @@ def runs(tmp_path_factory):
     cmds = {
         "darts": ([sys.executable, str(HERE), "darts", str(tmp / "darts.json")], _env(8)),
         "pcdarts": ([sys.executable, str(HERE), "pcdarts", str(tmp / "pcdarts.json")], _env(8)),
+        "rows": ([sys.executable, str(HERE), "rows", str(tmp / "rows.json")], _env(4)),
         "mp0": ([sys.executable, str(HERE), "multiprocess", str(tmp / "mp.json"), port, "0"], _env(2)),
         "mp1": ([sys.executable, str(HERE), "multiprocess", str(tmp / "mp.json"), port, "1"], _env(2)),
     }
@@ -317,6 +431,67 @@ def test_two_processes_agree_with_one(runs):
     assert results[0]["search"]["alpha"] == results[1]["search"]["alpha"]
 
 
+def test_two_processes_only_process_0_writes(runs):
+    """`jnas score --coordinator ... --num-processes 2 --process-id I` in both processes: the
+    architectures split over the 4 devices of both, process 0 alone writes the CSV and prints
+    the JSON, and the scores equal one process on one device."""
+    first, second = (_get(runs, f"mp{i}")["score"] for i in (0, 1))
+    assert first["code"] == second["code"] == 0
+    assert json.loads(first["stdout"])["devices"] == 4
+    assert second["stdout"] == "" and second["csv"] is None
+    reference = _get(runs, "rows")["score_cli"]
+    assert reference["code"] == 0, reference["stderr"]
+    rows = list(csv.DictReader(io.StringIO(first["csv"])))
+    assert len(rows) == 8 and rows == list(csv.DictReader(io.StringIO(reference["csv"])))  # nwot: exactly
+    # checkpoints: every process saves and restores alike; orbax writes the arrays from process 0
+    saved = [_get(runs, f"mp{i}")["checkpoints"] for i in (0, 1)]
+    assert saved[0] == saved[1]
+    assert saved[0]["steps"] == [2, 3] and saved[0]["restored_step"] == 3
+    assert saved[0]["weights"] == list(range(6)) and saved[0]["array_writers"] == ["ocdbt.process_0"]
+
+
+def test_sharded_score_archs_matches_one_device(runs):
+    """`score_archs(..., devices=4)`: shard_map of the unchanged scorer, composed with init chunks."""
+    data = _get(runs, "rows")
+    ref, got = data["score"]["reference"], data["score"]["sharded"]
+    assert (ref["devices"], got["devices"]) == (1, 4) and ref["chunk"] == got["chunk"] == 3
+    for name in SCORE_PROXIES:
+        expected, actual = np.asarray(ref["scores"][name]), np.asarray(got["scores"][name])
+        assert expected.shape == (10, 3), name
+        finite = np.isfinite(expected)
+        np.testing.assert_array_equal(np.isfinite(actual), finite, err_msg=name)
+        assert finite.sum() >= 15 and np.ptp(expected[finite]) > 0, name  # the cells do score differently
+        if name == "nwot":
+            np.testing.assert_array_equal(actual, expected)
+        else:
+            np.testing.assert_allclose(actual[finite], expected[finite], rtol=PROXY_RTOL, atol=0, err_msg=name)
+
+
+def test_sharded_evolve_population_matches_one_device(runs):
+    """Supernet-mode searches with the runs split over 4 devices: the same cells, fitness and states."""
+    data = _get(runs, "rows")
+    ref, got = data["searches"]["reference"], data["searches"]["sharded"]
+    assert got == ref
+    encodings = np.asarray(ref["encodings"])
+    assert encodings.shape == (8, 5, 6) and len({e.tobytes() for e in encodings}) == 8  # the runs differ
+    evolve = data["evolve"]
+    if evolve is None:
+        pytest.skip("no NAS-Bench-201 table: `jnas evolve --supernet --devices 4` not run")
+    one, four = evolve["one"], evolve["four"]
+    assert isinstance(one, dict) and isinstance(four, dict), (one, four)
+    assert (one["devices"], four["devices"]) == (1, 4)
+    assert four["per_run"] == one["per_run"]
+    assert four["kendall"]["supernet_acc"] == one["kendall"]["supernet_acc"]
+    bad = evolve["indivisible"]
+    lines = bad["stderr"].strip().splitlines()
+    assert bad["code"] == 2 and len(lines) == 1 and "runs (6)" in lines[0] and "4 devices" in lines[0], bad
+    assert not bad["created"]
+
+
+if __name__ == "__main__":
+    _worker(*sys.argv[1:])
+
+
 # --------------------------------------------------------------------------- in-process
 
 
@@ -353,10 +528,6 @@ def test_one_device_mesh_round_trip():
         parallel.shard_batch(np.float32(1.0), mesh)
 
 
-if __name__ == "__main__":
-    _worker(*sys.argv[1:])
-
-
 def test_jnas_search_devices_flag_matches_one_device(tmp_path):
     """`jnas search --devices 2` end to end (runner + CLI) against the same search on one device."""
     argv = [sys.executable, "-m", "jnas.cli", "search", "--steps", "3", "--limit", "64", "--channels", "2",
@@ -387,3 +558,41 @@ def test_jnas_search_bad_devices(value, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--devices" in err[0], err
     assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------- host flags
+
+TINY_COMMANDS = {
+    "search": ["search", "--steps", "1", "--limit", "64", "--channels", "2", "--cells", "1", "--batch-size", "8"],
+    "score": ["score", "--proxy", "params", "--archs", "5", "--channels", "2", "--cells", "1", "--image-size", "8"],
+    "evolve": ["evolve", "--supernet", "--runs", "2", "--queries", "1", "--train-steps", "1"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(TINY_COMMANDS))
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--num-processes", "2"], "--num-processes given without --coordinator"),
+        (["--process-id", "0"], "--process-id given without --coordinator"),
+        (["--coordinator", "localhost:12345"], "needs --num-processes P and --process-id I"),
+        (["--coordinator", "localhost:12345", "--num-processes", "2"], "needs --process-id I"),
+        (["--coordinator", "localhost:12345", "--num-processes", "2", "--process-id", "2"], "must lie in 0..1"),
+        (["--coordinator", "localhost"], "expected HOST:PORT"),
+        (["--coordinator", "host:99999"], "expected HOST:PORT"),
+        (["--num-processes", "0"], "positive integer"),
+        (["--process-id", "-1"], "non-negative integer"),
+    ],
+)
+def test_host_flags_bad_combinations_are_usage_errors(command, flags, fragment, tmp_path, capsys, monkeypatch):
+    for name in HOST_ENV:
+        monkeypatch.delenv(name, raising=False)
+    out = tmp_path / ("o.csv" if command == "score" else "o")
+    code, _, err = run_cli([*TINY_COMMANDS[command], *flags, "--no-progress", "--out", str(out)], capsys)
+    assert_usage_error(code, err, fragment)
+    assert not out.exists()
+
+
+def test_evolve_device_flags_need_supernet(tmp_path, capsys):
+    code, _, err = run_cli(["evolve", "--devices", "2", "--coordinator", "auto", "--out", str(tmp_path / "o")], capsys)
+    assert_usage_error(code, err, "--devices, --coordinator only apply with --supernet")

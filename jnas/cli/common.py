@@ -102,3 +102,85 @@ def prepare_out_dir(out: Path, overwrite: bool) -> None:
             pass
     except OSError as err:
         raise UsageError(f"output directory {str(out)!r} is not writable: {err.strerror or err}") from None
+
+
+def coordinator_address(text: str) -> str:
+    """``HOST:PORT`` (a port in 1..65535) or ``auto``."""
+    if text == "auto":
+        return text
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (a port in 1..65535) or 'auto', got {text!r}")
+    return text
+
+
+def add_device_arguments(parser, devices_help: str) -> None:
+    """The ``--devices`` and multi-host flags of ``jnas search``, ``score`` and ``evolve``.
+
+    Args:
+      parser: the subcommand's parser.
+      devices_help: what ``--devices`` splits over the devices, e.g. "split each global
+        batch over all (or the first N) devices".
+    """
+    group = parser.add_argument_group(
+        "devices and hosts (see experiments/scaling/README.md)",
+        "Several processes (one per host): start the same command in each, with its own --process-id; "
+        "every process must see the same files (a shared file system). Only process 0 writes results, "
+        "checkpoints included, and prints them.")
+    group.add_argument("--devices", default=None, metavar="all|N",
+                       help=f"{devices_help} (default: one device; with several processes: all of them)")
+    group.add_argument("--coordinator", type=coordinator_address, default=None, metavar="HOST:PORT|auto",
+                       help="process 0's address, on which it starts the coordinator; 'auto': detect a Cloud TPU, "
+                            "Slurm or Open MPI cluster (default: $JAX_COORDINATOR_ADDRESS; neither: one process)")
+    group.add_argument("--num-processes", type=positive_int, default=None, metavar="P",
+                       help="processes in all (default: $JAX_NUM_PROCESSES, or detected with 'auto')")
+    group.add_argument("--process-id", type=non_negative_int, default=None, metavar="I",
+                       help="this process's rank in 0..P-1 (default: $JAX_PROCESS_ID, or detected with 'auto')")
+
+
+def setup_devices(args) -> int | None:
+    """Starts multi-process JAX if the flags (or ``JAX_*`` variables) ask for it; resolves ``--devices``.
+
+    Call it before any JAX computation (in every process). Afterwards,
+    ``jnas.parallel.is_primary()`` says whether this process writes the results.
+
+    Returns:
+      The number of devices to split over, or None: one device and no mesh (no
+      ``--devices`` in a single process).
+
+    Raises:
+      UsageError: a flag combination that cannot start (``--num-processes`` or
+        ``--process-id`` without a coordinator, ``--coordinator HOST:PORT`` without
+        both, a rank out of range), a failed start, or a ``--devices`` that the visible
+        devices cannot satisfy.
+    """
+    from jnas import parallel
+
+    coordinator = args.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
+    num_processes = args.num_processes if args.num_processes is not None else os.environ.get("JAX_NUM_PROCESSES")
+    process_id = args.process_id if args.process_id is not None else os.environ.get("JAX_PROCESS_ID")
+    if coordinator is None:
+        given = [flag for flag, value in (("--num-processes", args.num_processes), ("--process-id", args.process_id))
+                 if value is not None]
+        if given:
+            raise UsageError(f"{' and '.join(given)} given without --coordinator HOST:PORT (or 'auto')")
+    elif coordinator != "auto":
+        missing = [flag for flag, value in (("--num-processes P", num_processes), ("--process-id I", process_id))
+                   if value is None]
+        if missing:
+            raise UsageError(f"--coordinator {coordinator} needs {' and '.join(missing)} (one process per rank)")
+    if args.num_processes is not None and args.process_id is not None and args.process_id >= args.num_processes:
+        raise UsageError(f"--process-id {args.process_id} must lie in 0..{args.num_processes - 1} "
+                         f"(--num-processes {args.num_processes})")
+    try:
+        distributed = parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    except (ValueError, RuntimeError) as err:  # bad JAX_* values; no coordinator reached in time
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UsageError(f"multi-process JAX did not start: {reason}") from None
+    devices = args.devices if args.devices is not None else ("all" if distributed else None)
+    if devices is None:
+        return None
+    try:
+        return parallel.device_count(devices)
+    except ValueError as err:
+        raise UsageError(f"--devices: {err}") from None

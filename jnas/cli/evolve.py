@@ -16,7 +16,17 @@ import warnings
 from pathlib import Path
 
 from jnas.bench import machine_description
-from jnas.cli.common import UsageError, bounded_int, non_negative_int, positive_int, prepare_out_dir, print_json, write_json_atomic
+from jnas.cli.common import (
+    UsageError,
+    add_device_arguments,
+    bounded_int,
+    non_negative_int,
+    positive_int,
+    prepare_out_dir,
+    print_json,
+    setup_devices,
+    write_json_atomic,
+)
 
 ALGORITHMS = {
     "rea": "regularized evolution (aging; population 10, tournament sample 3, one-edge mutation)",
@@ -202,12 +212,15 @@ def add_parser(subparsers) -> None:
                        help="held-out images scoring each cell (default: the whole held-out half)")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_device_arguments(parser, "--supernet: split the runs of every vmapped call, and Kendall's cells, over all "
+                                 "(or the first N) devices; --runs and --chunk-runs must be multiples of N")
     parser.set_defaults(run=run)
 
 
 SUPERNET_DEFAULT_RUNS = 10
 SUPERNET_ONLY = ("dataset", "data_dir", "limit", "channels", "cells", "batch_size", "train_steps", "queries",
                  "kendall_cells", "eval_images")
+DEVICE_FLAGS = ("devices", "coordinator", "num_processes", "process_id")  # --supernet only too
 
 
 def _flag(name: str) -> str:
@@ -251,7 +264,8 @@ def run(args) -> int:
         if args.budget_seconds is not None:
             raise UsageError("--budget-seconds belongs to the tabular mode; --supernet runs a fixed number of --queries")
         return run_supernet(args)
-    given = [_flag(name) for name in (*SUPERNET_ONLY, "checkpoint_every") if getattr(args, name) is not None]
+    given = [_flag(name) for name in (*SUPERNET_ONLY, "checkpoint_every", *DEVICE_FLAGS)
+             if getattr(args, name) is not None]
     given += [_flag(name) for name in ("no_progress",) if getattr(args, name)]
     if given:
         raise UsageError(f"{', '.join(given)} only apply with --supernet")
@@ -405,6 +419,16 @@ def run_supernet(args) -> int:
                                chunk_runs=args.chunk_runs, **settings)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    devices = setup_devices(args)  # before any JAX computation
+    if devices is not None:
+        try:
+            config.check_devices(devices)
+        except ValueError as err:
+            raise UsageError(f"--devices {devices}: {err} (see --runs, --chunk-runs)") from None
+
+    from jnas import parallel
+
+    primary = parallel.is_primary()
     if args.resume is not None:
         if args.out is not None and Path(args.out).absolute() != Path(args.resume).absolute():
             raise UsageError(f"--resume {args.resume} continues the run in {args.resume}; drop --out {args.out}")
@@ -414,19 +438,22 @@ def run_supernet(args) -> int:
         raise UsageError(f"--out {str(out)!r} exists and is not a directory")
     _check_resume(out, args.resume is not None, args.overwrite)
     table = _load_benchmark(args.table)
-    prepare_out_dir(out, args.overwrite)
-    if args.overwrite and args.resume is None and (out / CHECKPOINTS).is_dir():
+    prepare_out_dir(out, args.overwrite)  # in every process: all of them stop, or none does
+    if primary and args.overwrite and args.resume is None and (out / CHECKPOINTS).is_dir():
         shutil.rmtree(out / CHECKPOINTS)
     try:
-        result = run_oneshot(config, table, progress=not args.no_progress, checkpoint_dir=out / CHECKPOINTS,
+        result = run_oneshot(config, table, progress=not args.no_progress and primary,
+                             checkpoint_dir=out / CHECKPOINTS,
                              checkpoint_every=args.checkpoint_every or DEFAULT_CHECKPOINT_EVERY,
-                             keep=args.keep or DEFAULT_KEEP, resume=args.resume is not None)
+                             keep=args.keep or DEFAULT_KEEP, resume=args.resume is not None, devices=devices)
     except (DataError, CheckpointError) as err:
         raise UsageError(str(err)) from None
     except OneShotInterrupted as stop:
         print(f"jnas: interrupted after {stop.where}; checkpoint saved in {stop.path}; "
               f"continue with: jnas evolve --supernet ... --resume {out}", file=sys.stderr)
         return INTERRUPTED_EXIT
+    if not primary:
+        return 0  # every process computed the same result; process 0 writes and prints it
     result["machine"] = machine_description()
     write_json_atomic(out / "result.json", result)
 

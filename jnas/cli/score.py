@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from jnas.cli.common import UsageError, bounded_int, non_negative_int, print_json
+from jnas.cli.common import UsageError, add_device_arguments, bounded_int, non_negative_int, print_json, setup_devices
 
 
 def add_parser(subparsers) -> None:
@@ -26,7 +26,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--archs", default="all", help="'all' (15,625 cells) or N: N architectures drawn at random")
     p.add_argument("--inits", type=bounded_int(100_000), default=1, help="random initialisations per architecture")
     p.add_argument("--batch-size", type=bounded_int(4096), default=16, help="images per batch for data-dependent proxies")
-    p.add_argument("--chunk", type=bounded_int(15_625), default=125, help="architectures per compiled call")
+    p.add_argument("--chunk", type=bounded_int(15_625), default=125,
+                   help="architectures per compiled call (on each device, with --devices)")
+    p.add_argument("--init-chunk", type=bounded_int(1_000_000), default=None,
+                   help="initialisations per compiled call (default: all, capped so that a call "
+                        "evaluates at most 1024 networks)")
     p.add_argument("--dataset", default="gaussian", help=f"'gaussian' (random N(0,1) images) or a data set ({', '.join(DATASETS)})")
     p.add_argument("--data-dir", default=None, help="read the data set's standard files from this directory")
     p.add_argument("--channels", type=bounded_int(1024), default=16, help="C (16 in NAS-Bench-201)")
@@ -38,6 +42,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--nb201-table", default=None, help="NAS-Bench-201 CSV: add the official index and correlations")
     p.add_argument("--json", action="store_true", help="print one JSON object with the figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device_arguments(p, "split the architectures of every call over all (or the first N) devices, "
+                            "--chunk on each")
     p.set_defaults(run=run)
 
 
@@ -159,8 +165,9 @@ def run(args) -> int:
         raise UsageError(f"unknown space {args.space!r} (known: nb201)")
     proxies = _parse_proxies(args.proxy)
     codes = _parse_archs(args.archs, args.seed)
+    devices = setup_devices(args)  # before any JAX computation
     out = Path(args.out)
-    _check_out(out, args.overwrite)
+    _check_out(out, args.overwrite)  # in every process: all of them stop, or none does
     table = None
     if args.nb201_table is not None:
         from jnas.benchmarks.nb201 import TableError, load_table
@@ -175,16 +182,22 @@ def run(args) -> int:
         raise UsageError(str(err)) from None
     images, labels = load_batch(args.dataset, args.data_dir, args.batch_size, args.image_size, config.in_channels, args.seed)
 
+    from jnas import parallel
     from jnas.proxies.batched import score_archs
 
+    primary = parallel.is_primary()
     result = score_archs(codes, proxies, config, images=images, labels=labels, inits=args.inits, seed=args.seed,
-                         chunk=args.chunk, progress=not args.no_progress)
+                         chunk=args.chunk, init_chunk=args.init_chunk,
+                         progress=not args.no_progress and primary, devices=devices)
+    if not primary:
+        return 0  # every process holds the same scores; process 0 writes and prints them
     write_scores_csv(out, result, proxies, table)
     n = len(codes)
     summary = {
         "n_archs": n, "inits": args.inits, "seconds": result.seconds, "compile_seconds": result.compile_seconds,
-        "archs_per_s": n / result.seconds, "chunk": result.chunk, "capacity": result.capacity,
-        "dataset": args.dataset, "batch_size": args.batch_size, "out": str(out),
+        "archs_per_s": n / result.seconds, "chunk": result.chunk, "init_chunk": result.init_chunk,
+        "capacity": result.capacity, "devices": result.devices, "dataset": args.dataset, "batch_size": args.batch_size,
+        "out": str(out),
     }
     if table is not None:
         summary["proxies"] = {name: {**c, "n_archs": n, "seconds": result.seconds, "archs_per_s": n / result.seconds}
@@ -196,5 +209,6 @@ def run(args) -> int:
               f"({n / result.seconds:.1f} archs/s); wrote {out}")
         for name, c in summary.get("proxies", {}).items():
             print(f"{name}: spearman {c['spearman']:.3f}, kendall {c['kendall']:.3f}")
-    print(f"compile {result.compile_seconds:.1f} s, chunk {result.chunk}, capacity {result.capacity}", file=sys.stderr)
+    print(f"compile {result.compile_seconds:.1f} s, chunk {result.chunk}, capacity {result.capacity}, "
+          f"devices {result.devices}", file=sys.stderr)
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from jnas.cli.common import (
     UsageError,
+    add_device_arguments,
     bounded_int,
     fail,
     non_negative_float,
@@ -15,6 +16,7 @@ from jnas.cli.common import (
     positive_float,
     positive_int,
     prepare_out_dir,
+    setup_devices,
     write_json_atomic,
 )
 
@@ -81,10 +83,7 @@ def add_parser(subparsers) -> None:
                    help="dominant Hessian eigenvalue of the val loss w.r.t. α every N epochs (0: off)")
     d.add_argument("--hessian-batches", type=bounded_int(64), default=2, help="val batches for the Hessian")
     d.add_argument("--hessian-iters", type=bounded_int(1000), default=20, help="power iterations")
-    x = p.add_argument_group("devices")
-    x.add_argument("--devices", default=None, metavar="all|N",
-                   help="data-parallel: split each global batch over all (or the first N) devices "
-                        "(default: one device)")
+    add_device_arguments(p, "data-parallel: split each global batch over all (or the first N) devices")
     p.set_defaults(run=run)
 
 
@@ -99,14 +98,6 @@ def run(args) -> int:
         run_search,
     )
 
-    devices = None
-    if args.devices is not None:
-        from jnas import parallel
-
-        try:
-            devices = parallel.device_count(args.devices)  # "all" | N, checked against the visible devices
-        except ValueError as err:
-            raise UsageError(f"--devices: {err}") from None
     try:
         config = SearchConfig(
             space=args.space, method=args.method, order=args.order, dataset=args.dataset,
@@ -131,6 +122,11 @@ def run(args) -> int:
         except TableError as err:
             raise UsageError(str(err)) from None
 
+    devices = setup_devices(args)  # before any JAX computation
+
+    from jnas import parallel
+
+    primary = parallel.is_primary()
     out = Path(args.out or args.resume or f"runs/{config.method}-{config.dataset}-seed{config.seed}")
     if args.resume is not None:
         resume = Path(args.resume)
@@ -143,12 +139,13 @@ def run(args) -> int:
     elif (out / CHECKPOINTS).is_dir() and not args.overwrite:
         raise UsageError(f"{out} holds checkpoints of an unfinished run; pass --resume {out} to continue it "
                          "or --overwrite to start over")
+    # every process checks the same (shared) directory, so that all of them stop or none does
     prepare_out_dir(out, args.overwrite)
-    if args.overwrite and args.resume is None and (out / CHECKPOINTS).is_dir():
+    if primary and args.overwrite and args.resume is None and (out / CHECKPOINTS).is_dir():
         shutil.rmtree(out / CHECKPOINTS)
     try:
         result = run_search(
-            config, table=table, progress=not args.no_progress, checkpoint_dir=out / CHECKPOINTS,
+            config, table=table, progress=not args.no_progress and primary, checkpoint_dir=out / CHECKPOINTS,
             checkpoint_every=args.checkpoint_every or DEFAULT_CHECKPOINT_EVERY,
             keep=args.keep or DEFAULT_KEEP, resume=args.resume is not None, on_nonfinite=args.on_nonfinite,
             devices=devices,
@@ -163,6 +160,8 @@ def run(args) -> int:
         print(f"jnas: interrupted after step {stop.step}; checkpoint saved in {stop.path}; "
               f"continue with: jnas search ... --resume {out}", file=sys.stderr)
         return INTERRUPTED_EXIT
+    if not primary:
+        return 0  # every process computed the same result; process 0 writes and prints it
     write_json_atomic(out / "result.json", result)
 
     print(f"derived cell: {result['genotype']}")

@@ -24,12 +24,17 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
 
+from jnas import parallel
 from jnas.proxies import PROXIES, network
 from jnas.spaces import nb201 as space
 from jnas.supernet import nb201 as supernet
 
 BLOCK = 25
+# Networks (architectures x inits) one compiled call evaluates by default when inits > 1:
+# synflow needs ~12 MB per network at C=16, N=5, so about 12 GB.
+MAX_EVALUATIONS = 1024
 
 
 def balanced_order() -> np.ndarray:
@@ -68,6 +73,24 @@ def make_scorer(proxies: tuple[str, ...], config: supernet.SupernetConfig, capac
     return jax.jit(scorer)
 
 
+@functools.lru_cache(maxsize=32)
+def make_sharded_scorer(proxies: tuple[str, ...], config: supernet.SupernetConfig, capacity: int | None, mesh: Mesh):
+    """:func:`make_scorer`'s function with ``A`` split over the devices of ``mesh``.
+
+    ``A`` must be a multiple of the device count: each device runs the unchanged scorer
+    on its ``A / N`` architectures with every key, image and label (``capacity`` counts
+    per device), and the scores come back replicated. Give it ``encodings`` from
+    :func:`jnas.parallel.shard_leading_axis` and the rest from
+    :func:`jnas.parallel.replicate`.
+    """
+    axis = parallel.DATA_AXIS
+    # check_vma=False: the evaluator's custom_vjp rules do not carry shard_map's
+    # varying-axis types (nothing is reduced over the split axis, so there is nothing to check)
+    per_device = jax.shard_map(make_scorer(proxies, config, capacity), mesh=mesh,
+                               in_specs=(P(), P(), P(), P(axis)), out_specs=P(None, axis), check_vma=False)
+    return jax.jit(per_device, out_shardings=parallel.replicated_sharding(mesh))
+
+
 @dataclasses.dataclass
 class ScoreResult:
     """Scores of ``n`` architectures: ``scores[name]`` is ``(n, inits)`` float64, rows in ``codes`` order."""
@@ -78,6 +101,8 @@ class ScoreResult:
     compile_seconds: float
     chunk: int
     capacity: int
+    init_chunk: int = 1
+    devices: int = 1
 
 
 def plan_chunks(codes: np.ndarray, chunk: int):
@@ -93,7 +118,8 @@ def plan_chunks(codes: np.ndarray, chunk: int):
 
 
 def score_archs(codes, proxies, config: supernet.SupernetConfig, *, images, labels, inits: int = 1, seed: int = 0,
-                chunk: int = 125, capacity: int | None = None, progress: bool = False) -> ScoreResult:
+                chunk: int = 125, init_chunk: int | None = None, capacity: int | None = None,
+                progress: bool = False, devices: str | int | None = None) -> ScoreResult:
     """Scores the architectures ``codes`` (base-5 codes) with every proxy in ``proxies``.
 
     Args:
@@ -103,21 +129,51 @@ def score_archs(codes, proxies, config: supernet.SupernetConfig, *, images, labe
       images, labels: the batch ``(B, H, W, C)``, ``(B,)`` fed to data-dependent proxies.
       inits: initialisations per architecture (keys split from ``seed``; architecture
         ``i`` of every chunk sees the same ``inits`` initialisations).
-      chunk: architectures per compiled call.
-      capacity: conv slots per edge; ``None``: the largest count over all chunks.
+      chunk: architectures per compiled call (per device, with ``devices``).
+      init_chunk: initialisations per compiled call; ``None``: all ``inits`` if
+        ``chunk * inits <= MAX_EVALUATIONS`` (else ``MAX_EVALUATIONS // chunk``, at
+        least 1). Each call evaluates ``chunk * init_chunk`` networks, so this bounds
+        memory for thousands of inits; the scores do not depend on it (every init's
+        key is split from ``seed`` up front).
+      capacity: conv slots per edge; ``None``: the largest count over all chunks (and
+        over each device's slice of them).
       progress: tqdm bar on stderr.
+      devices: ``None``: one device, no mesh; ``"all"`` or N: split every call's
+        architectures over that many devices (:func:`jnas.parallel.make_mesh`), ``chunk``
+        on each. The scores equal one device's: nwot exactly, the gradient-based proxies
+        up to float32 rounding (XLA may fuse a smaller batch of architectures differently).
     """
     codes = np.asarray(codes, np.int64)
-    chunk = max(1, min(int(chunk), len(codes)))
-    chunks = plan_chunks(codes, chunk)
+    mesh = None if devices is None else parallel.make_mesh(devices)
+    n_devices = 1 if mesh is None else mesh.devices.size
+    chunk = max(1, min(int(chunk), -(-len(codes) // n_devices)))
+    chunks = plan_chunks(codes, chunk * n_devices)
     encs = [np.asarray(space.code_to_encoding(part)) for part, _ in chunks]
-    if capacity is None:
-        capacity = max(required_capacity(e) for e in encs)
+    if capacity is None:  # each device routes only its own `chunk` rows
+        capacity = max(required_capacity(rows) for e in encs for rows in np.split(e, n_devices))
     capacity = min(int(capacity), chunk)
-    scorer = make_scorer(tuple(proxies), config, capacity)
+    if mesh is None:
+        scorer = make_scorer(tuple(proxies), config, capacity)
+    else:
+        scorer = make_sharded_scorer(tuple(proxies), config, capacity, mesh)
+    if init_chunk is None:
+        init_chunk = inits if chunk * inits <= MAX_EVALUATIONS else MAX_EVALUATIONS // chunk
+    init_chunk = max(1, min(int(init_chunk), inits))
+    if mesh is None:
+        whole = split = jnp.asarray
+    else:  # global arrays on the mesh (also with several processes)
+        whole = functools.partial(parallel.replicate, mesh=mesh)
+        split = functools.partial(parallel.shard_leading_axis, mesh=mesh)
     keys = jax.random.split(jax.random.key(seed), inits)
-    images = jnp.asarray(images, jnp.float32)
-    labels = jnp.asarray(labels, jnp.int32)
+    # Init chunks of equal size (one compile): the last is padded with repeats of its first key.
+    key_chunks = []
+    for begin in range(0, inits, init_chunk):
+        idx = np.arange(begin, min(begin + init_chunk, inits))
+        width = len(idx)
+        idx = np.concatenate([idx, np.repeat(idx[:1], init_chunk - width)])
+        key_chunks.append((whole(keys[idx]), slice(begin, begin + width)))
+    images = whole(np.asarray(images, np.float32))
+    labels = whole(np.asarray(labels, np.int32))
     out = {name: np.empty((len(codes), inits)) for name in proxies}
 
     bar = None
@@ -129,27 +185,30 @@ def score_archs(codes, proxies, config: supernet.SupernetConfig, *, images, labe
     compile_seconds = 0.0
     pending = None
     position = 0
-    for i, ((part, valid), enc) in enumerate(zip(chunks, encs)):
+    calls = [(c, k) for c in range(len(chunks)) for k in range(len(key_chunks))]
+    for i, (c, k) in enumerate(calls):
         t0 = time.perf_counter()
-        result = scorer(keys, images, labels, jnp.asarray(enc))  # dispatched asynchronously
+        result = scorer(key_chunks[k][0], images, labels, split(encs[c]))  # dispatched asynchronously
         if pending is not None:
-            position = _store(out, pending, position, bar)
+            _store(out, pending, bar)
         if i == 0:
             jax.block_until_ready(result)
             compile_seconds = time.perf_counter() - t0
-        pending = (result, valid)
+        pending = (result, position, chunks[c][1], key_chunks[k][1], k == len(key_chunks) - 1)
+        position += chunks[c][1] if k == len(key_chunks) - 1 else 0
     if pending is not None:
-        _store(out, pending, position, bar)
+        _store(out, pending, bar)
     seconds = time.perf_counter() - start
     if bar is not None:
         bar.close()
-    return ScoreResult(codes=codes, scores=out, seconds=seconds, compile_seconds=compile_seconds, chunk=chunk, capacity=capacity)
+    return ScoreResult(codes=codes, scores=out, seconds=seconds, compile_seconds=compile_seconds, chunk=chunk,
+                       capacity=capacity, init_chunk=init_chunk, devices=n_devices)
 
 
-def _store(out, pending, position, bar):
-    result, valid = pending
+def _store(out, pending, bar):
+    result, position, valid, init_slice, last = pending
+    width = init_slice.stop - init_slice.start
     for name, values in result.items():
-        out[name][position : position + valid] = np.asarray(values, np.float64).T[:valid]
-    if bar is not None:
+        out[name][position : position + valid, init_slice] = np.asarray(values, np.float64).T[:valid, :width]
+    if bar is not None and last:
         bar.update(valid)
-    return position + valid

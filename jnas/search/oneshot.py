@@ -12,6 +12,11 @@ its own cell's fitness. Run ``i`` uses the key ``fold_in(key(seed), i)`` (as in
 query ``t`` asks with ``fold_in(run_key, t)``. So a run's trajectory does not depend
 on how many runs are batched with it (up to float rounding of batched convolutions).
 
+Devices: with a ``mesh`` (:mod:`jnas.parallel`), the runs are split over its devices.
+Runs share nothing but the fitness data, so each device runs the same iteration on its
+``R / N`` runs under ``jax.shard_map``, with no communication; a run's queries are the
+ones it makes on one device (up to the same float rounding).
+
 Also: Kendall's τ-b, to measure how well supernet scores rank cells against a
 ground truth such as NAS-Bench-201's accuracies.
 """
@@ -23,7 +28,9 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
 
+from jnas import parallel
 from jnas.search import spos
 from jnas.search.discrete import DiscreteSearcher, run_keys
 from jnas.supernet import nb201 as supernet
@@ -83,15 +90,20 @@ class RunsResult(NamedTuple):
     state: Any
 
 
-def make_iteration(searcher: DiscreteSearcher, fitness_fn: FitnessFn):
+def make_iteration(searcher: DiscreteSearcher, fitness_fn: FitnessFn, mesh: Mesh | None = None):
     """One jitted query of every run: ``(states, run_keys, t, data) -> (states, encodings, fitness)``.
 
     ``ask`` and ``tell`` are vmapped over runs; ``fitness_fn`` sees all ``R`` cells at
     once, so a supernet scores them in one vmapped call. ``t`` is traced: the same
     compiled iteration serves every query.
+
+    With a ``mesh``, every device runs this iteration on its ``R / N`` runs (``R`` a
+    multiple of the device count): give it ``states`` and ``run_keys`` from
+    :func:`jnas.parallel.shard_leading_axis`, ``t`` and ``data`` from
+    :func:`jnas.parallel.replicate`. The states stay split; the asked cells and their
+    fitness come back replicated (a few bytes per run), for every process to read.
     """
 
-    @jax.jit
     def iteration(states, keys, t, data):
         ask_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(keys)
         encodings = jax.vmap(searcher.ask)(ask_keys, states).astype(jnp.int32)
@@ -99,11 +111,36 @@ def make_iteration(searcher: DiscreteSearcher, fitness_fn: FitnessFn):
         states = jax.vmap(searcher.tell)(states, encodings, fitness)
         return states, encodings, fitness
 
-    return iteration
+    if mesh is None:
+        return jax.jit(iteration)
+    runs = P(parallel.DATA_AXIS)
+    per_device = jax.shard_map(iteration, mesh=mesh, in_specs=(runs, runs, P(), P()), out_specs=runs,
+                               check_vma=False)  # see population_fitness
+    whole = parallel.replicated_sharding(mesh)
+    return jax.jit(per_device, out_shardings=(parallel.data_sharding(mesh), whole, whole))
+
+
+def population_fitness(fitness_fn: FitnessFn, data, encodings, mesh: Mesh) -> np.ndarray:
+    """``fitness_fn(data, encodings)`` on the host, the cells split over the devices of ``mesh``.
+
+    Any number ``P`` of cells: they are padded to a multiple of the device count (with
+    the last cell) and the padding dropped. Each device scores its cells as
+    :func:`make_iteration`'s do, with no communication.
+    """
+    encodings = np.asarray(encodings, np.int32)
+    pad = -len(encodings) % mesh.devices.size
+    padded = np.concatenate([encodings, np.repeat(encodings[-1:], pad, axis=0)])
+    cells = P(parallel.DATA_AXIS)
+    # check_vma=False: a fitness need not type its carries as varying over the split axis
+    # (spos.population_accuracy's scan starts from a replicated zero); nothing is reduced over it
+    per_device = jax.shard_map(fitness_fn, mesh=mesh, in_specs=(P(), cells), out_specs=cells, check_vma=False)
+    score = jax.jit(per_device, out_shardings=parallel.replicated_sharding(mesh))
+    fitness = score(parallel.replicate(data, mesh), parallel.shard_leading_axis(padded, mesh))
+    return np.asarray(fitness)[: len(encodings)]
 
 
 def run_searchers(searcher: DiscreteSearcher, fitness_fn: FitnessFn, data, num_runs: int, num_queries: int,
-                  seed: int = 0, start: int = 0, progress: bool = False) -> RunsResult:
+                  seed: int = 0, start: int = 0, progress: bool = False, mesh: Mesh | None = None) -> RunsResult:
     """Runs ``num_runs`` independent searches of ``num_queries`` queries each, vmapped.
 
     Args:
@@ -116,6 +153,8 @@ def run_searchers(searcher: DiscreteSearcher, fitness_fn: FitnessFn, data, num_r
       seed: base seed; run ``i`` uses ``fold_in(key(seed), start + i)``.
       start: index of the first run (to run a subset of runs alone).
       progress: tqdm bar over queries.
+      mesh: split the runs over its devices (``num_runs`` must be a multiple of
+        their count); None: one device.
 
     Returns:
       :class:`RunsResult`.
@@ -127,15 +166,24 @@ def run_searchers(searcher: DiscreteSearcher, fitness_fn: FitnessFn, data, num_r
     keys = run_keys(seed, int(num_runs), int(start))
     init_keys, search_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(keys)
     states = jax.vmap(searcher.init)(init_keys)
-    iteration = make_iteration(searcher, fitness_fn)
+    if mesh is not None:  # raises a ValueError naming both counts if the runs do not split evenly
+        states, search_keys = parallel.shard_leading_axis((states, search_keys), mesh)
+        data = parallel.replicate(data, mesh)
+
+    def query(t):  # the iteration's traced query index
+        return jnp.asarray(np.uint32(t)) if mesh is None else parallel.replicate(np.uint32(t), mesh)
+
+    iteration = make_iteration(searcher, fitness_fn, mesh)
     encodings, fitness = [], []
     for t in tqdm(range(int(num_queries)), desc="queries", unit="query", disable=None if progress else True,
                   leave=False):
-        states, enc, fit = iteration(states, search_keys, jnp.asarray(t, jnp.uint32), data)
+        states, enc, fit = iteration(states, search_keys, query(t), data)
         encodings.append(enc)
         fitness.append(fit)
     encodings = np.stack(jax.device_get(encodings), axis=1)
     fitness = np.stack(jax.device_get(fitness), axis=1)
+    if mesh is not None:
+        states = parallel.gather(states, mesh)
     best = np.argmax(fitness, axis=1)  # first on ties
     rows = np.arange(fitness.shape[0])
     return RunsResult(encodings, fitness, encodings[rows, best], fitness[rows, best], jax.device_get(states))

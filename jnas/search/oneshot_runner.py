@@ -26,6 +26,11 @@ newest is always the furthest along.
 A resumed run replays exactly the batches and path keys an uninterrupted one would and
 reruns only what no checkpoint holds, so its result equals an uninterrupted run's except
 for the ``seconds`` timings.
+
+Devices (``devices``, :mod:`jnas.parallel`): Kendall's cells and the runs of every chunk
+are split over the devices (:mod:`jnas.search.oneshot`); SPOS training stays on one
+device (in every process alike). The device count is not part of the config:
+checkpoints hold host arrays, so a run resumes on any device count.
 """
 
 from __future__ import annotations
@@ -38,8 +43,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from jnas import checkpoint
+from jnas import checkpoint, parallel
 from jnas import data as jdata
 from jnas.search import discrete, oneshot, spos
 from jnas.spaces import nb201
@@ -101,6 +107,12 @@ class OneShotConfig:
             raise ValueError(f"kendall_cells must lie in [2, {nb201.NUM_ARCHS}], got {self.kendall_cells}")
         if self.seed < 0:
             raise ValueError(f"seed must be non-negative, got {self.seed}")
+
+    def check_devices(self, devices: int) -> None:
+        """Raises ValueError unless every vmapped call's runs split evenly over ``devices``."""
+        for name, value in (("runs", self.runs), ("chunk_runs", min(self.chunk_runs or self.runs, self.runs))):
+            if value % devices:
+                raise ValueError(f"{name} ({value}) must be a multiple of the {devices} devices that split the runs")
 
 
 def _round(values, digits=4):
@@ -242,23 +254,28 @@ class _RunCheckpoints:
             self.store.close()
 
 
-def measure_kendall(config: OneShotConfig, trained: TrainedSupernet, table) -> dict[str, Any]:
+def measure_kendall(config: OneShotConfig, trained: TrainedSupernet, table, mesh: Mesh | None = None) -> dict[str, Any]:
     """Step 2: Kendall τ-b between supernet held-out accuracy and the table over
-    ``config.kendall_cells`` distinct, uniformly drawn cells (one vmapped evaluation)."""
+    ``config.kendall_cells`` distinct, uniformly drawn cells (one vmapped evaluation,
+    the cells split over the devices of ``mesh`` if given)."""
     net, dataset, fitness_data = trained.net, trained.dataset, trained.fitness_data
     kendall_key = jax.random.split(jax.random.key(config.seed))[1]
 
     tick = time.perf_counter()
     codes = np.asarray(jax.random.choice(kendall_key, nb201.NUM_ARCHS, (config.kendall_cells,), replace=False))
     encodings = np.asarray(nb201.code_to_encoding(codes))
-    supernet_acc = 100.0 * np.asarray(
-        spos.evaluate_population(
-            trained.params, encodings,
-            np.asarray(fitness_data.image_batches).reshape(-1, *dataset.image_shape),
-            np.asarray(fitness_data.label_batches).reshape(-1),
-            net, batch_size=config.batch_size, chunk_size=config.chunk_size,
+    if mesh is None:
+        supernet_acc = 100.0 * np.asarray(
+            spos.evaluate_population(
+                trained.params, encodings,
+                np.asarray(fitness_data.image_batches).reshape(-1, *dataset.image_shape),
+                np.asarray(fitness_data.label_batches).reshape(-1),
+                net, batch_size=config.batch_size, chunk_size=config.chunk_size,
+            )
         )
-    )
+    else:  # the same evaluation batches: fitness_data holds the held-out images in batches of batch_size
+        fitness_fn = oneshot.supernet_fitness(net, config.chunk_size)
+        supernet_acc = oneshot.population_fitness(fitness_fn, fitness_data, encodings, mesh)
     truth = np.asarray(table.columns[TABLE_COLUMN])[codes]
     tau = oneshot.kendall_tau(supernet_acc, truth)
     return {
@@ -275,7 +292,8 @@ def measure_kendall(config: OneShotConfig, trained: TrainedSupernet, table) -> d
 def run_oneshot(config: OneShotConfig, table, *, progress: bool = True, dataset=None,
                 trained: TrainedSupernet | None = None, kendall: dict | None = None,
                 checkpoint_dir=None, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
-                keep: int = checkpoint.DEFAULT_KEEP, resume: bool = False) -> dict[str, Any]:
+                keep: int = checkpoint.DEFAULT_KEEP, resume: bool = False,
+                devices: str | int | None = None) -> dict[str, Any]:
     """Trains the supernet (unless ``trained`` is given), measures its ranking and runs the searchers.
 
     Args:
@@ -297,10 +315,14 @@ def run_oneshot(config: OneShotConfig, table, *, progress: bool = True, dataset=
       keep: keep the newest K checkpoints.
       resume: continue from the newest intact checkpoint in ``checkpoint_dir`` (a fresh
         start if there is none).
+      devices: None: one device; ``"all"`` or N: split Kendall's cells and every chunk of
+        runs over that many devices (:func:`jnas.parallel.make_mesh`); ``runs`` and
+        ``chunk_runs`` must be multiples of N (checked before anything runs). Runs and
+        Kendall scores equal one device's up to float rounding of batched convolutions.
 
     Returns:
       A JSON-ready dict: ``config``, ``dataset``, ``supernet``, ``history``, ``kendall``,
-      ``per_run``, ``test_mean``/``test_std``, ``seconds``.
+      ``per_run``, ``test_mean``/``test_std``, ``seconds``, ``devices``.
 
     Raises:
       jnas.data.DataError: the data cannot be loaded or is too small for the batch size.
@@ -311,14 +333,18 @@ def run_oneshot(config: OneShotConfig, table, *, progress: bool = True, dataset=
     start = time.perf_counter()
     if trained is not None and checkpoint_dir is not None:
         raise ValueError("checkpoint_dir needs a run that trains its own supernet (trained=None)")
+    mesh = None if devices is None else parallel.make_mesh(devices)
+    if mesh is not None:
+        config.check_devices(mesh.devices.size)
     ckpt = _RunCheckpoints(config, table, checkpoint_dir, checkpoint_every, keep, resume)
     try:
-        return _run(config, table, ckpt, start, progress=progress, dataset=dataset, trained=trained, kendall=kendall)
+        return _run(config, table, ckpt, start, progress=progress, dataset=dataset, trained=trained, kendall=kendall,
+                    mesh=mesh)
     finally:
         ckpt.close()
 
 
-def _run(config, table, ckpt: _RunCheckpoints, start: float, *, progress, dataset, trained, kendall):
+def _run(config, table, ckpt: _RunCheckpoints, start: float, *, progress, dataset, trained, kendall, mesh):
     seconds_before = 0.0  # of earlier, interrupted processes, training excluded
     trained_here = trained is None
     if trained is None:
@@ -336,7 +362,7 @@ def _run(config, table, ckpt: _RunCheckpoints, start: float, *, progress, datase
         seconds_before = float(restored.meta["other_seconds"])
         buffers = {name: np.array(value) for name, value in jax.device_get(restored.arrays["runs"]).items()}
     if kendall is None:
-        kendall = measure_kendall(config, trained, table)
+        kendall = measure_kendall(config, trained, table, mesh)
     base_step = config.train_steps + 1  # checkpoint `base_step + k`: k chunks of runs searched
 
     def save(chunks_done):
@@ -358,7 +384,7 @@ def _run(config, table, ckpt: _RunCheckpoints, start: float, *, progress, datase
         count = min(chunk, config.runs - runs_done)
         part = oneshot.run_searchers(searcher, fitness_fn, fitness_data, num_runs=count,
                                      num_queries=config.queries, seed=config.seed, start=runs_done,
-                                     progress=progress)
+                                     progress=progress, mesh=mesh)
         buffers["encodings"][runs_done:runs_done + count] = part.encodings
         buffers["fitness"][runs_done:runs_done + count] = part.fitness
         runs_done += count
@@ -419,4 +445,5 @@ def _run(config, table, ckpt: _RunCheckpoints, start: float, *, progress, datase
             "total": round(total, 3),
         },
         "jax_version": jax.__version__,
+        "devices": 1 if mesh is None else int(mesh.devices.size),
     }
