@@ -8,7 +8,7 @@ earlier one's files of the same name. Writes:
 
 * experiments/results/bench_step_gpu.json   jnas vs PyTorch steps, vmapped forward
 * experiments/results/kernel_gpu.json       the Pallas mixed-op kernel vs XLA
-* experiments/proxies/results_{synflow,nwot}_all_gpu.json, results_inits_gpu.json
+* experiments/zero_cost/results_{synflow,nwot}_all_gpu.json, results_inits_gpu.json
 * experiments/scaling/results_gpu.json
 """
 
@@ -64,9 +64,9 @@ def main(argv: list[str]) -> int:
         out[HERE / "results" / "bench_step_gpu.json"] = bench_step(found)
     targets = {
         "kernel": HERE / "results" / "kernel_gpu.json",
-        "proxy_synflow": HERE / "proxies" / "results_synflow_all_gpu.json",
-        "proxy_nwot": HERE / "proxies" / "results_nwot_all_gpu.json",
-        "inits": HERE / "proxies" / "results_inits_gpu.json",
+        "proxy_synflow": HERE / "zero_cost" / "results_synflow_all_gpu.json",
+        "proxy_nwot": HERE / "zero_cost" / "results_nwot_all_gpu.json",
+        "inits": HERE / "zero_cost" / "results_inits_gpu.json",
         "scaling": HERE / "scaling" / "results_gpu.json",
     }
     for key, path in targets.items():
@@ -77,7 +77,7 @@ def main(argv: list[str]) -> int:
         print(f"wrote {path.relative_to(HERE.parent)}")
     for d in dirs:  # the scatter plots bench_proxies.py drew beside its JSON
         for png in d.glob("proxy_*.png"):
-            dest = HERE / "proxies" / f"{png.stem.replace('proxy_', '')}_all_gpu.png"
+            dest = HERE / "zero_cost" / f"{png.stem.replace('proxy_', '')}_all_gpu.png"
             shutil.copyfile(png, dest)
             print(f"wrote {dest.relative_to(HERE.parent)}")
     return 0

@@ -46,10 +46,10 @@ print(json.dumps(vmapped_forward(64, 64, 16, 5)))
 EOF
 
 part "synflow, all 15,625 cells"
-timeout 150 $PY experiments/proxies/bench_proxies.py --proxy synflow --archs 15625 --chunk 625 --loop-archs 50 \
+timeout 150 $PY experiments/zero_cost/bench_proxies.py --proxy synflow --archs 15625 --chunk 625 --loop-archs 50 \
   --out "$R/proxy_synflow.json"
 part "nwot, all 15,625 cells"
-timeout 150 $PY experiments/proxies/bench_proxies.py --proxy nwot --archs 15625 --chunk 625 --loop-archs 50 \
+timeout 150 $PY experiments/zero_cost/bench_proxies.py --proxy nwot --archs 15625 --chunk 625 --loop-archs 50 \
   --batch-size 64 --out "$R/proxy_nwot.json"
 part "synflow, 2048 inits of 32 cells"
 timeout 120 $PY -m jnas.cli score --proxy synflow --archs 32 --inits 2048 --chunk 32 --seed 0 --no-progress \

@@ -2,8 +2,8 @@
 
 Usage (from the repository root):
 
-    python experiments/proxies/bench_proxies.py --proxy synflow --archs 500 --chunk 125 --loop-archs 10 \
-        --out experiments/proxies/results_synflow.json
+    python experiments/zero_cost/bench_proxies.py --proxy synflow --archs 500 --chunk 125 --loop-archs 10 \
+        --out experiments/zero_cost/results_synflow.json
 
 Writes one JSON object: machine, load average before/after, the batched run (seconds,
 compile seconds, archs/s excluding the first (compiling) chunk, Spearman/Kendall vs

@@ -1,6 +1,6 @@
 """Scatter of a ``jnas score`` CSV's proxy (mean over inits) against NB201 CIFAR-10 test accuracy.
 
-    python experiments/proxies/plot_scores.py scores.csv synflow experiments/proxies/synflow_all.png
+    python experiments/zero_cost/plot_scores.py scores.csv synflow experiments/zero_cost/synflow_all.png
 """
 
 from __future__ import annotations
