@@ -11,7 +11,7 @@ import pytest
 from jax import lax
 
 from jnas.benchmarks import nb201 as bench
-from jnas.proxies import PROXIES, batched, network
+from jnas.proxies import PROXIES, activation, batched, network
 from jnas.spaces import nb201 as space
 from jnas.supernet import nb201 as supernet
 
@@ -30,6 +30,24 @@ def setup():
     images = jax.random.normal(jax.random.key(1), (6, 8, 8, 3))
     labels = jnp.arange(6) % 10
     return params, images, labels
+
+
+@pytest.fixture(scope="module")
+def batched_scores(setup):
+    """``get(name)``: scores of the 4 ARCHS from one call (capacity 2, key 0), computed once per proxy.
+
+    Several tests read the same batched scores; computing them once keeps the module fast.
+    """
+    params, images, labels = setup
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = np.asarray(PROXIES[name].fn(params, (images, labels), jnp.asarray(ARCHS), jax.random.key(0),
+                                                      config=CFG, capacity=2))
+        return cache[name]
+
+    return get
 
 
 # ---------------------------------------------------------------- the stand-alone reference
@@ -52,15 +70,25 @@ def _pool3(x):
     return sums / counts
 
 
-def reference_net(params, x, encoding, use_bn: bool):
+def reference_net(params, x, encoding, use_bn: bool, layer=None, bn_input=None, features_only=False):
     """One discrete NB201 network, written plainly (Python control flow on the encoding).
 
     ``use_bn=False`` is the synflow copy: no stem/cell/head BN; reduction blocks keep theirs.
+    ``layer(a, w)`` sees every conv/linear output ``a`` (conv + bias, before BN) with its
+    weight ``w`` and returns what flows on (fisher adds probes there); ``bn_input(x)`` sees
+    every BatchNorm's input (zen); ``features_only`` returns the map before global pooling.
     """
+    layer = layer or (lambda a, w: a)
+
+    def bn(y, scale=1.0, bias=0.0):
+        if bn_input is not None:
+            bn_input(y)
+        return _bn(y, scale, bias)
+
     st = params["stem"]
-    x = _conv(x, st["w"], 1, 1)
+    x = layer(_conv(x, st["w"], 1, 1), st["w"])
     if use_bn:
-        x = _bn(x, st["scale"], st["bias"])
+        x = bn(x, st["scale"], st["bias"])
     for s, stage in enumerate(params["stages"]):
         for n in range(stage["w1"].shape[0]):
             nodes = [x]
@@ -75,26 +103,29 @@ def reference_net(params, x, encoding, use_bn: bool):
                     elif op == "avg_pool_3x3":
                         total = total + _pool3(h)
                     elif op == "nor_conv_3x3":
-                        y = _conv(jax.nn.relu(h), stage["w3"][n, e], 1, 1) + stage["b3"][n, e]
-                        total = total + (_bn(y) if use_bn else y)
+                        y = layer(_conv(jax.nn.relu(h), stage["w3"][n, e], 1, 1) + stage["b3"][n, e], stage["w3"][n, e])
+                        total = total + (bn(y) if use_bn else y)
                     elif op == "nor_conv_1x1":
-                        y = _conv(jax.nn.relu(h), stage["w1"][n, e][None, None], 1, 0) + stage["b1"][n, e]
-                        total = total + (_bn(y) if use_bn else y)
+                        w = stage["w1"][n, e][None, None]
+                        y = layer(_conv(jax.nn.relu(h), w, 1, 0) + stage["b1"][n, e], w)
+                        total = total + (bn(y) if use_bn else y)
                     else:
                         total = total + 0.0 * h
                 nodes.append(total)
             x = nodes[-1]
         if s < 2:
             p = params["reductions"][s]
-            y = _bn(_conv(jax.nn.relu(x), p["conv_a"], 2, 1), p["scale_a"], p["bias_a"])
-            y = _bn(_conv(jax.nn.relu(y), p["conv_b"], 1, 1), p["scale_b"], p["bias_b"])
-            short = _conv(supernet.ops.avg_pool_2x2(x), p["shortcut"], 1, 0)
+            y = bn(layer(_conv(jax.nn.relu(x), p["conv_a"], 2, 1), p["conv_a"]), p["scale_a"], p["bias_a"])
+            y = bn(layer(_conv(jax.nn.relu(y), p["conv_b"], 1, 1), p["conv_b"]), p["scale_b"], p["bias_b"])
+            short = layer(_conv(supernet.ops.avg_pool_2x2(x), p["shortcut"], 1, 0), p["shortcut"])
             x = short + y
     hd = params["head"]
     if use_bn:
-        x = _bn(x, hd["scale"], hd["bias"])
-    x = jax.nn.relu(x).mean((1, 2))
-    return x @ hd["w"] + hd["b"]
+        x = bn(x, hd["scale"], hd["bias"])
+    x = jax.nn.relu(x)
+    if features_only:
+        return x
+    return layer(x.mean((1, 2)) @ hd["w"] + hd["b"], hd["w"])
 
 
 def _weights_only(tree, params):
@@ -150,19 +181,120 @@ def reference_scores(params, images, labels, encoding):
     return out
 
 
+def reference_fisher(params, images, labels, encoding):
+    """Fisher from its definition: per layer and output channel k, ½ mean_n (Σ_hw a g)², times fan_in.
+
+    ``g = ∂L/∂a`` is the gradient w.r.t. zero probes added to every conv/linear output.
+    """
+    acts, fans = [], []
+
+    def record(a, w):
+        acts.append(a)
+        fans.append(w.size // w.shape[-1])  # C_in·k_h·k_w (conv, HWIO) or C_in (linear)
+        return a
+
+    reference_net(params, images, encoding, True, layer=record)
+
+    def loss(probes):
+        queue = list(probes)
+        return _ce(reference_net(params, images, encoding, True, layer=lambda a, w: a + queue.pop(0)), labels)
+
+    grads = jax.grad(loss)([jnp.zeros_like(a) for a in acts])
+    total = 0.0
+    for a, g, fan in zip(acts, grads, fans):
+        per_sample = jnp.sum(a * g, (1, 2)) if a.ndim == 4 else a * g  # (B, channels)
+        total += fan * float(jnp.sum(0.5 * jnp.mean(per_sample**2, 0)))
+    return total
+
+
+def reference_zen(params, images, encoding, key, alpha=0.01):
+    """Zen-score from its definition on the plainly written network (keys split as ``activation.zen``)."""
+    w_key, x_key, e_key = jax.random.split(key, 3)
+    weights = activation.gaussian_params(params, w_key)
+    x = jax.random.normal(x_key, images.shape)
+    eps = jax.random.normal(e_key, images.shape)
+    variances = []
+    f = reference_net(weights, x, encoding, True, bn_input=lambda y: variances.append(y.var((0, 1, 2))),
+                      features_only=True)
+    f_mixed = reference_net(weights, x + alpha * eps, encoding, True, features_only=True)
+    phi = jnp.mean(jnp.sum(jnp.abs(f - f_mixed), (1, 2, 3)))
+    return float(jnp.log(phi)) + sum(float(jnp.log(jnp.sqrt(jnp.mean(v)))) for v in variances)
+
+
 # ---------------------------------------------------------------- tests
-def test_batched_equals_standalone_network(setup):
+def test_batched_equals_standalone_network(setup, batched_scores):
     params, images, labels = setup
-    enc = jnp.asarray(ARCHS)
-    for cap in (2,):  # each op appears at most twice per edge here, so 2 slots per op suffice
-        assert batched.required_capacity(ARCHS) <= 2
-        got = {name: np.asarray(PROXIES[name].fn(params, (images, labels), enc, jax.random.key(0), config=CFG, capacity=cap))
-               for name in ("synflow", "snip", "grad_norm", "grasp")}
-        for a, encoding in enumerate(ARCHS):
-            want = reference_scores(params, images, labels, encoding)
-            np.testing.assert_allclose(got["synflow"][a], want["synflow"], rtol=0, atol=2e-5)  # logs; float32 rescaled vs float64
-            for name in ("snip", "grad_norm", "grasp"):
-                np.testing.assert_allclose(got[name][a], want[name], rtol=2e-4, atol=1e-6, err_msg=name)
+    assert batched.required_capacity(ARCHS) <= 2  # each op appears at most twice per edge here, so 2 slots suffice
+    got = {name: batched_scores(name) for name in ("synflow", "snip", "grad_norm", "grasp")}
+    for a, encoding in enumerate(ARCHS):
+        want = reference_scores(params, images, labels, encoding)
+        np.testing.assert_allclose(got["synflow"][a], want["synflow"], rtol=0, atol=2e-5)  # logs; float32 rescaled vs float64
+        for name in ("snip", "grad_norm", "grasp"):
+            np.testing.assert_allclose(got[name][a], want[name], rtol=2e-4, atol=1e-6, err_msg=name)
+
+
+def test_fisher_equals_standalone_network(setup, batched_scores):
+    params, images, labels = setup
+    got = batched_scores("fisher")
+    for a, encoding in enumerate(ARCHS):
+        want = reference_fisher(params, images, labels, encoding)
+        # float32 both; per-sample squares and a different summation order: measured <= 1e-6 relative
+        np.testing.assert_allclose(got[a], want, rtol=1e-5)
+
+
+def test_zen_equals_standalone_network(setup, batched_scores):
+    params, images, labels = setup
+    got = batched_scores("zen")  # key 0, as below
+    for a, encoding in enumerate(ARCHS):
+        # a log score (~20) in float32 both; Φ is a difference of features 1% apart (α = 0.01), which
+        # keeps ~5 of float32's ~7 digits: measured |Δ| <= 1.2e-5
+        np.testing.assert_allclose(got[a], reference_zen(params, images, encoding, jax.random.key(0)), rtol=0, atol=1e-4)
+
+
+def test_counts_by_hand():
+    """params and flops of NB201-sized networks (C=16, N=5, 32x32x3, 10 classes), counted by hand."""
+    config = supernet.SupernetConfig()
+    enc = jnp.asarray(np.array([
+        space.parse("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"),
+        space.parse("|nor_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|none~2|"),
+        space.parse("|nor_conv_1x1~0|+|none~0|none~1|+|none~0|none~1|none~2|"),
+    ]))
+    # all-none: stem 3x3 conv 3->16 + BN: 432 + 32 = 464
+    #   reduction 16->32: conv_a 9*16*32 + BN 64 + conv_b 9*32*32 + BN 64 + shortcut 16*32 = 4608+64+9216+64+512 = 14464
+    #   reduction 32->64: 18432 + 128 + 36864 + 128 + 2048 = 57600
+    #   head: BN 128 + linear 64*10 + 10 = 778;   464 + 14464 + 57600 + 778 = 73306
+    # one conv3x3 edge adds, per stage, 5 cells x (9 w^2 + BN 2w), w = 16, 32, 64:
+    #   5*(2304+32) + 5*(9216+64) + 5*(36864+128) = 11680 + 46400 + 184960 = 243040
+    # one conv1x1 edge: 5*(256+32) + 5*(1024+64) + 5*(4096+128) = 1440 + 5440 + 21120 = 28000
+    got = np.asarray(PROXIES["params"].fn(None, None, enc, None, config=config))
+    np.testing.assert_array_equal(got, [73306, 73306 + 243040, 73306 + 28000])
+    # MACs, all-none: stem 9*3*16*32*32 = 442368
+    #   reduction 1 at 16x16: (9*16*32 + 9*32*32 + 16*32)*256 = (4608+9216+512)*256 = 3670016
+    #   reduction 2 at 8x8:   (9*32*64 + 9*64*64 + 32*64)*64 = (18432+36864+2048)*64 = 3670016
+    #   linear 64*10 = 640;   442368 + 2*3670016 + 640 = 7783040
+    # one conv3x3 edge: 5 cells x 9 w^2 x hw per stage = 5*9*(256*1024 + 1024*256 + 4096*64) = 35389440
+    #   (all six edges conv3x3: 7783040 + 6*35389440 = 220.11968 M, NAS-Bench-201's largest FLOPs)
+    # one conv1x1 edge: 5*(256*1024 + 1024*256 + 4096*64) = 3932160
+    got = np.asarray(PROXIES["flops"].fn(None, None, enc, None, config=config), np.float64)
+    np.testing.assert_allclose(got, np.array([7783040, 7783040 + 35389440, 7783040 + 3932160]) / 1e6, rtol=1e-7)
+
+
+@pytest.mark.parametrize("name", list(PROXIES))
+def test_every_proxy_batched_equals_one_at_a_time(setup, batched_scores, name):
+    """One call over the 4 ARCHS (capacity 2) gives each architecture the score it gets alone (A=1)."""
+    params, images, labels = setup
+    fn, key = PROXIES[name].fn, jax.random.key(0)
+    batch = batched_scores(name)
+    # Alone, capacity 1 takes the one-architecture path (a lax.cond skips an unchosen conv). Called
+    # eagerly, that cond is re-traced and compiled at every call (tens of seconds each on CPU); with
+    # jit disabled it runs the taken branch in Python, the same values.
+    with jax.disable_jit():
+        alone = np.array([np.asarray(fn(params, (images, labels), jnp.asarray(ARCHS[a : a + 1]), key, config=CFG,
+                                        capacity=1))[0] for a in range(len(ARCHS))])
+    # GraSP's -Σ θ·Hg sums second-order terms of both signs, so float32 rounding differences of the
+    # two computations (measured up to 2.6e-5 relative) are amplified; others measured <= 1e-6
+    rtol = 1e-4 if name == "grasp" else 2e-6
+    np.testing.assert_allclose(batch, alone, rtol=rtol, atol=1e-6, err_msg=name)
 
 
 def test_unchosen_ops_do_not_leak(setup):
@@ -250,6 +382,24 @@ def test_batched_chunks_equal_per_arch_loop_and_do_not_recompile(setup):
     # the one-architecture scorer was compiled once and reused for all four (different codes)
     scorer = batched.make_scorer(tuple(names), CFG, 1)
     assert scorer._cache_size() == 1
+
+
+def test_init_chunks_equal_one_call(setup):
+    """Thousands of inits stream in chunks: 5 inits in calls of 2 (last one padded) == one call of 5."""
+    _, images, labels = setup
+    codes = np.asarray(space.encoding_to_code(ARCHS[:3]))
+    one = batched.score_archs(codes, ["synflow"], CFG, images=images, labels=labels, inits=5, chunk=2, capacity=2)
+    assert one.init_chunk == 5
+    streamed = batched.score_archs(codes, ["synflow"], CFG, images=images, labels=labels, inits=5, chunk=2,
+                                   capacity=2, init_chunk=2)
+    assert streamed.init_chunk == 2 and streamed.scores["synflow"].shape == (3, 5)
+    np.testing.assert_allclose(streamed.scores["synflow"], one.scores["synflow"], rtol=1e-5)
+    # the 5 inits really differ (a wrong key slice would repeat columns)
+    assert len(np.unique(np.round(one.scores["synflow"][0], 6))) == 5
+    # the default caps a call at MAX_EVALUATIONS networks
+    capped = batched.score_archs(codes[:1], ["params"], CFG, images=images, labels=labels,
+                                 inits=batched.MAX_EVALUATIONS + 1, chunk=1, capacity=1)
+    assert capped.init_chunk == batched.MAX_EVALUATIONS
 
 
 def test_balanced_order_is_a_balanced_partition():
