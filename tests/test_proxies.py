@@ -373,15 +373,26 @@ def test_batched_chunks_equal_per_arch_loop_and_do_not_recompile(setup):
     for n in names:  # cells under lax.scan (stacked tape records) give the same scores
         np.testing.assert_allclose(scanned.scores[n], full.scores[n], rtol=2e-5, atol=1e-5, err_msg=n)
     loop = {n: [] for n in names}
-    for code in codes:
-        r = batched.score_archs(np.array([code]), names, CFG, images=images, labels=labels, inits=2, chunk=1)
+    compiles = []
+
+    def count(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    for i, code in enumerate(codes):
+        if i > 0:  # the first call compiled the one-architecture scorer; the others must reuse it
+            jax.monitoring.register_event_duration_secs_listener(count)
+        try:
+            r = batched.score_archs(np.array([code]), names, CFG, images=images, labels=labels, inits=2, chunk=1)
+        finally:
+            if i > 0:
+                jax.monitoring.unregister_event_duration_listener(count)
         for n in names:
             loop[n].append(r.scores[n][0])
+        if i > 0:
+            assert compiles == [], f"call {i} (another cell, same shapes) compiled {len(compiles)} time(s)"
     for n in names:
         np.testing.assert_allclose(full.scores[n], np.stack(loop[n]), rtol=2e-5, atol=1e-5, err_msg=n)
-    # the one-architecture scorer was compiled once and reused for all four (different codes)
-    scorer = batched.make_scorer(tuple(names), CFG, 1)
-    assert scorer._cache_size() == 1
 
 
 def test_init_chunks_equal_one_call(setup):

@@ -332,8 +332,8 @@ def test_vmapped_architectures_equal_a_loop():
     single = jax.jit(apply)
     looped = jnp.stack([single(params, images, w) for w in weights])
     assert batched.shape == (7, 4, 4)
-    # same float32 math, batched vs not: only reduction-order rounding
-    np.testing.assert_allclose(np.asarray(batched), np.asarray(looped), rtol=1e-5, atol=1e-6)
+    # same float32 math, batched vs not: only reduction-order rounding (logits are O(1); CI saw 1.2e-6)
+    np.testing.assert_allclose(np.asarray(batched), np.asarray(looped), rtol=1e-5, atol=1e-5)
     # different architectures really give different logits
     assert float(jnp.abs(looped[0] - looped[1]).max()) > 1e-4
 
