@@ -37,13 +37,14 @@ def peak_rss_mb() -> float:
 
 def bench_step(*, order: int = 1, batch_size: int = 64, channels: int = 16, cells: int = 5,
                image_size: int = 32, in_channels: int = 3, num_classes: int = 10,
-               steps: int = 5, warmup: int = 1, scan_cells: bool = False, seed: int = 0) -> dict:
+               steps: int = 5, warmup: int = 1, scan_cells: bool = False, seed: int = 0,
+               hvp: str = "finite_difference") -> dict:
     """Compiles and times the DARTS search step on random data of the given shape."""
     net_config = supernet.SupernetConfig(
         channels=channels, cells=cells, num_classes=num_classes, in_channels=in_channels,
         image_size=image_size, scan_cells=scan_cells,
     )
-    search = darts.make_darts(net_config, darts.DartsConfig(order=order), total_steps=1000)
+    search = darts.make_darts(net_config, darts.DartsConfig(order=order, hvp=hvp), total_steps=1000)
     key = jax.random.key(seed)
     state = search.init(key)
     shape = (batch_size, image_size, image_size, in_channels)
@@ -69,6 +70,7 @@ def bench_step(*, order: int = 1, batch_size: int = 64, channels: int = 16, cell
     return {
         "impl": "jnas",
         "order": order,
+        "hvp": hvp if order == 2 else None,
         "median_step_s": median,
         "min_step_s": min(times),
         "step_times_s": times,

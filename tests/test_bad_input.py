@@ -85,6 +85,7 @@ def test_truncated_table(good_table, tmp_path, capsys):
     (["evolve", "--algo", "bayes"], "invalid choice: 'bayes'"),
     (["evolve", "--benchmark", "nb301"], "invalid choice: 'nb301'"),
     (["evolve", "--runs", "0"], "--runs"),
+    (["bench", "step", "--order", "2", "--hvp", "fd"], "invalid choice: 'fd'"),
     (["evolve", "--runs", "1000000000"], "absurdly large"),
     (["evolve", "--budget-seconds", "-5"], "--budget-seconds"),
     (["evolve", "--budget-seconds", "inf"], "--budget-seconds"),

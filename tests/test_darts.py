@@ -83,7 +83,7 @@ def searches():
     """Order-1 and order-2 searches over the cell net, with their jitted steps (compiled once)."""
     chex.clear_trace_counter()
     search1 = darts.make_darts(NET_CFG, darts.DartsConfig(order=1), TOTAL_STEPS, apply_fn=cell_net)
-    search2 = darts.make_darts(NET_CFG, darts.DartsConfig(order=2), TOTAL_STEPS, apply_fn=cell_net)
+    search2 = darts.make_darts(NET_CFG, darts.DartsConfig(order=2, hvp="exact"), TOTAL_STEPS, apply_fn=cell_net)
 
     # chex keys its trace counter by the wrapped function's source and call site, and both
     # steps are the same closure of make_darts: give each its own named wrapper
@@ -253,7 +253,7 @@ def test_order_two_step_uses_the_hypergradient_and_differs_from_order_one(search
     assert float(jnp.abs(mu1 - mu2).max()) > 1e-3 * float(jnp.abs(mu1).max())
     # order 2 feeds Adam the hypergradient at the updated weights, with the updated
     # momentum buffer and the lr of the step just taken
-    cfg = darts.DartsConfig(order=2)
+    cfg = darts.DartsConfig(order=2, hvp="exact")
     _, _, hyper = jax.jit(
         lambda p, a, buf: darts.second_order_arch_grad(p, a, train, val, buf, search2.lr_schedule(0), cfg, search2.loss)
     )(s2.params, alpha, darts.momentum_of(s2.w_opt_state, s2.params))
@@ -347,6 +347,63 @@ def test_arch_weights_is_softmax_per_edge():
     w = darts.arch_weights(alpha)
     np.testing.assert_allclose(np.asarray(w).sum(-1), np.ones(6), rtol=1e-6)
     np.testing.assert_allclose(np.asarray(w), np.asarray(jax.nn.softmax(alpha, axis=-1)), rtol=1e-6)
+
+
+def test_finite_difference_hypergradient_is_darts_eq8_and_converges_to_exact(monkeypatch):
+    """DARTS's central difference (ε = 0.01/||v||): Eq. 8 by hand, and the exact limit.
+
+    At DARTS's radius (the weights move by 0.01 in norm) some ReLUs of this tiny network
+    flip, so the quotient is off by about the size of the implicit term here; with the
+    radius at 1e-3 none flip and it matches the exact hypergradient to ~1e-8.
+    """
+    with enable_x64():
+        cfg = darts.DartsConfig(order=2)
+        assert cfg.hvp == "finite_difference"
+        search = darts.make_darts(NET_CFG, cfg, TOTAL_STEPS, apply_fn=cell_net)
+        params, alpha = cell_net_params(0, jnp.float64), initial_alpha(1, jnp.float64)
+        buf = jax.tree.map(lambda x: 0.1 * x, cell_net_params(5, jnp.float64))
+        train, val = make_batch(10, jnp.float64), make_batch(11, jnp.float64)
+        lr = 0.3
+        args = (train, val, buf, lr, cfg, search.loss)
+        loss_fd, logits_fd, fd = jax.jit(lambda a: darts.finite_difference_arch_grad(params, a, *args))(alpha)
+        loss_ex, logits_ex, exact = jax.jit(lambda a: darts.second_order_arch_grad(params, a, *args))(alpha)
+        np.testing.assert_allclose(float(loss_fd), float(loss_ex), rtol=1e-12)
+        chex.assert_trees_all_close(logits_fd, logits_ex, rtol=1e-12)
+        scale = float(jnp.abs(exact).max())
+
+        # Eq. 8 by hand: g_α - ξ (∇_α L_train(w+) - ∇_α L_train(w-)) / 2ε
+        w_prime = darts.unrolled_weights(params, alpha, train, buf, lr, cfg, search.loss)
+        v, g_alpha = jax.grad(lambda w, a: search.loss(w, a, val)[0], argnums=(0, 1))(w_prime, alpha)
+        eps = 0.01 / float(optax.tree.norm(v))
+        grad_at = lambda sign: jax.grad(lambda a: search.loss(
+            jax.tree.map(lambda p, d: p + sign * eps * d, params, v), a, train)[0])(alpha)
+        want = g_alpha - lr * (grad_at(1.0) - grad_at(-1.0)) / (2 * eps)
+        np.testing.assert_allclose(np.asarray(fd), np.asarray(want), rtol=1e-9, atol=1e-12 * scale)
+        # the implicit term is large, and a smaller radius recovers it exactly
+        assert float(jnp.abs(g_alpha - exact).max()) > 1e-2 * scale
+        monkeypatch.setattr(darts, "HVP_R", 1e-3)
+        _, _, fine = jax.jit(lambda a: darts.finite_difference_arch_grad(params, a, *args))(alpha)
+        np.testing.assert_allclose(np.asarray(fine), np.asarray(exact), atol=1e-6 * scale)
+
+
+def test_default_order_two_step_feeds_the_finite_difference_hypergradient():
+    search = darts.make_darts(NET_CFG, darts.DartsConfig(order=2), TOTAL_STEPS, apply_fn=cell_net)
+    params, alpha = cell_net_params(0), initial_alpha(1)
+    train, val = make_batch(10), make_batch(11)
+    s2, _ = jax.jit(search.step)(make_state(search, params, alpha), train, val)
+    cfg = darts.DartsConfig(order=2)
+    _, _, hyper = jax.jit(
+        lambda p, a, buf: darts.finite_difference_arch_grad(p, a, train, val, buf, search.lr_schedule(0), cfg, search.loss)
+    )(s2.params, alpha, darts.momentum_of(s2.w_opt_state, s2.params))
+    mu = optax.tree_utils.tree_get(s2.a_opt_state, "mu")
+    np.testing.assert_allclose(mu, (1 - cfg.arch_betas[0]) * (hyper + cfg.arch_weight_decay * alpha), rtol=1e-5,
+                               atol=1e-9)
+
+
+@pytest.mark.parametrize("hvp", ["fd", "", None, "EXACT"])
+def test_config_rejects_bad_hvp(hvp):
+    with pytest.raises(ValueError, match="hvp"):
+        darts.DartsConfig(order=2, hvp=hvp)
 
 
 @pytest.mark.parametrize("order", [0, 3, 1.5, "1"])

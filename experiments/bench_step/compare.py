@@ -10,6 +10,10 @@ xautodl for the reference, see pytorch_reference.py):
 
     python experiments/bench_step/compare.py --torch-python /path/to/torchvenv/bin/python
 
+Order 2 is DARTS's finite-difference Hessian-vector product on both sides (the
+reference's algorithm); jnas's exact one (``--hvp exact``) is timed too, as
+``jnas_exact_hvp``.
+
 Writes experiments/results/bench_step.json. Without --torch-python (or if that Python
 lacks torch) only the jnas rows are measured, and the ratio is left out.
 """
@@ -37,8 +41,8 @@ def run_json(cmd: list[str], timeout: int = 3000) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def jnas_step(order: int, args) -> dict:
-    cmd = [sys.executable, "-m", "jnas.cli", "bench", "step", "--order", str(order),
+def jnas_step(order: int, args, hvp: str = "finite_difference") -> dict:
+    cmd = [sys.executable, "-m", "jnas.cli", "bench", "step", "--order", str(order), "--hvp", hvp,
            "--batch-size", str(args.batch_size), "--channels", str(args.channels), "--cells", str(args.cells),
            "--steps", str(args.steps), "--json"]
     return run_json(cmd) | {"command": "jnas bench step " + " ".join(cmd[5:])}
@@ -127,6 +131,8 @@ def main() -> int:
             row["ratio_min"] = row["pytorch"]["min_step_s"] / row["jnas"]["min_step_s"]
             print(json.dumps({"order": order, "pytorch_median_step_s": row["pytorch"]["median_step_s"],
                               "ratio": row["ratio_median"]}), flush=True)
+        if order == 2:  # jnas's exact Hessian-vector product, for reference (not what the reference computes)
+            row["jnas_exact_hvp"] = jnas_step(order, args, hvp="exact")
         rows.append(row)
 
     import jax

@@ -12,6 +12,8 @@ def add_parser(subparsers) -> None:
     s.add_argument("--space", default="nb201", choices=["nb201"])
     s.add_argument("--method", default="darts", choices=["darts"])
     s.add_argument("--order", type=int, default=1, choices=[1, 2])
+    s.add_argument("--hvp", default="finite_difference", choices=["finite_difference", "exact"],
+                   help="order 2: DARTS's finite-difference Hessian-vector product, or an exact one (double backward)")
     s.add_argument("--batch-size", type=bounded_int(4096), default=64)
     s.add_argument("--channels", type=bounded_int(512), default=16)
     s.add_argument("--cells", type=bounded_int(64), default=5)
@@ -33,7 +35,7 @@ def run(args) -> int:
     result = bench_step(
         order=args.order, batch_size=args.batch_size, channels=args.channels, cells=args.cells,
         image_size=args.image_size, in_channels=args.in_channels, num_classes=args.num_classes,
-        steps=args.steps, warmup=args.warmup, scan_cells=args.scan,
+        steps=args.steps, warmup=args.warmup, scan_cells=args.scan, hvp=args.hvp,
     )
     print_json(result)
     return 0

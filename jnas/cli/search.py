@@ -39,6 +39,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--space", default="nb201", help=f"search space ({', '.join(SPACES)})")
     p.add_argument("--method", default="darts", help=f"search method ({', '.join(METHODS)})")
     p.add_argument("--order", type=int, default=1, help="DARTS order: 1 (first) or 2 (unrolled)")
+    p.add_argument("--hvp", default="finite_difference", choices=["finite_difference", "exact"],
+                   help="order 2's Hessian-vector product: DARTS's finite difference (default) or exact (double backward)")
     p.add_argument("--dataset", default="digits", help=f"data set ({', '.join(DATASETS)})")
     p.add_argument("--data-dir", default=None, help="read the data set's standard files from this directory")
     length = p.add_mutually_exclusive_group()
@@ -100,7 +102,7 @@ def run(args) -> int:
 
     try:
         config = SearchConfig(
-            space=args.space, method=args.method, order=args.order, dataset=args.dataset,
+            space=args.space, method=args.method, order=args.order, hvp=args.hvp, dataset=args.dataset,
             data_dir=args.data_dir, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
             channels=args.channels, cells=args.cells, seed=args.seed, limit=args.limit,
             partial_channels=args.partial_channels, edge_normalization=args.edge_normalization,

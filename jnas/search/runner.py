@@ -58,6 +58,7 @@ class SearchConfig:
     space: str = "nb201"
     method: str = "darts"
     order: int = 1
+    hvp: str = "finite_difference"  # order 2: "finite_difference" (DARTS Eq. 8) or "exact"
     dataset: str = "digits"
     data_dir: str | None = None
     epochs: int | None = None
@@ -86,6 +87,8 @@ class SearchConfig:
             raise ValueError(f"unknown search method {self.method!r}; known: {', '.join(METHODS)}")
         if self.order not in (1, 2):
             raise ValueError(f"--order must be 1 or 2, got {self.order}")
+        if self.hvp not in darts.HVP_MODES:
+            raise ValueError(f"--hvp must be one of {', '.join(darts.HVP_MODES)}, got {self.hvp!r}")
         if self.dataset not in jdata.DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; known: {', '.join(jdata.DATASETS)}")
         for name in ("epochs", "steps", "limit"):
@@ -215,6 +218,7 @@ def run_search(config: SearchConfig, *, table=None, progress: bool = True, datas
     )
     darts_config = darts.DartsConfig(
         order=config.order,
+        hvp=config.hvp,
         arch_lr=options["arch_lr"],
         arch_warmup_steps=options["arch_warmup_epochs"] * batches.steps_per_epoch,
         beta_decay=options["beta_decay"],
