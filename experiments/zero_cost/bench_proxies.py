@@ -71,6 +71,8 @@ def main() -> None:
         "loop": {"n_archs": len(loop_codes), "seconds": loop_seconds, "archs_per_s": loop_rate,
                  "compile_seconds": first.compile_seconds, "agrees_with_batched": bool(agree)},
         "batched_over_loop": steady / loop_rate,
+        "command": "python experiments/zero_cost/bench_proxies.py " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
     }
     write_json_atomic(args.out, payload)
     print(payload)
