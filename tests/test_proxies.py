@@ -411,6 +411,10 @@ def test_init_chunks_equal_one_call(setup):
     capped = batched.score_archs(codes[:1], ["params"], CFG, images=images, labels=labels,
                                  inits=batched.MAX_EVALUATIONS + 1, chunk=1, capacity=1)
     assert capped.init_chunk == batched.MAX_EVALUATIONS
+    # proxies that read the batch count its images: B=4 images, 2 archs -> 1024 // 4 // 2
+    data = batched.score_archs(codes[:2], ["params", "nwot"], CFG, images=images[:4], labels=labels[:4],
+                               inits=300, chunk=2, capacity=2)
+    assert data.init_chunk == batched.MAX_EVALUATIONS // 4 // 2 and data.scores["nwot"].shape == (2, 300)
 
 
 def test_balanced_order_is_a_balanced_partition():

@@ -32,9 +32,11 @@ from jnas.spaces import nb201 as space
 from jnas.supernet import nb201 as supernet
 
 BLOCK = 25
-# Networks (architectures x inits) one compiled call evaluates by default when inits > 1:
-# synflow needs ~12 MB per network at C=16, N=5, so about 12 GB.
+# Network-images (architectures x inits x images per network) one compiled call evaluates
+# by default when inits > 1: synflow (one all-ones image) needs ~12 MB per network at
+# C=16, N=5, so about 12 GB. Proxies that read the batch count each of its images.
 MAX_EVALUATIONS = 1024
+SINGLE_INPUT = frozenset({"synflow", "params", "flops"})  # score one input, whatever the batch
 
 
 def balanced_order() -> np.ndarray:
@@ -131,8 +133,9 @@ def score_archs(codes, proxies, config: supernet.SupernetConfig, *, images, labe
         ``i`` of every chunk sees the same ``inits`` initialisations).
       chunk: architectures per compiled call (per device, with ``devices``).
       init_chunk: initialisations per compiled call; ``None``: all ``inits`` if
-        ``chunk * inits <= MAX_EVALUATIONS`` (else ``MAX_EVALUATIONS // chunk``, at
-        least 1). Each call evaluates ``chunk * init_chunk`` networks, so this bounds
+        ``chunk * inits * b <= MAX_EVALUATIONS`` (else ``MAX_EVALUATIONS // (chunk * b)``,
+        at least 1), with ``b`` the batch size if a proxy outside ``SINGLE_INPUT`` is
+        asked for, else 1. Each call evaluates ``chunk * init_chunk`` networks, so this bounds
         memory for thousands of inits; the scores do not depend on it (every init's
         key is split from ``seed`` up front).
       capacity: conv slots per edge; ``None``: the largest count over all chunks (and
@@ -157,7 +160,9 @@ def score_archs(codes, proxies, config: supernet.SupernetConfig, *, images, labe
     else:
         scorer = make_sharded_scorer(tuple(proxies), config, capacity, mesh)
     if init_chunk is None:
-        init_chunk = inits if chunk * inits <= MAX_EVALUATIONS else MAX_EVALUATIONS // chunk
+        per_network = 1 if set(proxies) <= SINGLE_INPUT else max(1, len(images))
+        budget = MAX_EVALUATIONS // per_network
+        init_chunk = inits if chunk * inits <= budget else budget // chunk
     init_chunk = max(1, min(int(init_chunk), inits))
     if mesh is None:
         whole = split = jnp.asarray
