@@ -6,7 +6,9 @@ cells, each in its own process:
 
   xla           node = elementwise sum of the mixed ops, XLA's own conv autodiff
   xla_matid     + every node output through jnas.supernet.nb201.materialize
-  jnas          + jnas.supernet.ops.conv2d (custom VJP: contiguous-row filter GEMMs)
+  jnas          + jnas.supernet.ops.conv2d (custom VJP; the committed JSON predates
+                its 2026-11-26 change from contiguous-row filter GEMMs to XLA's own
+                filter gradient, see jnas/supernet/ops.py)
 
 The first grows superlinearly with depth; the others are linear. ``jnas`` is exactly
 ``jnas.supernet.nb201.cell``.
