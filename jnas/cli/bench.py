@@ -6,13 +6,15 @@ from jnas.cli.common import UsageError, bounded_int, print_json
 
 
 def add_parser(subparsers) -> None:
+    from jnas.search.darts import HVP_MODES
+
     p = subparsers.add_parser("bench", help="benchmarks (machine-readable)")
     sub = p.add_subparsers(dest="bench_command", metavar="WHAT", required=True, parser_class=type(p))
     s = sub.add_parser("step", help="time the jitted search step of the NB201 supernet")
     s.add_argument("--space", default="nb201", choices=["nb201"])
     s.add_argument("--method", default="darts", choices=["darts"])
     s.add_argument("--order", type=int, default=1, choices=[1, 2])
-    s.add_argument("--hvp", default="finite_difference", choices=["finite_difference", "exact"],
+    s.add_argument("--hvp", default="finite_difference", choices=HVP_MODES,
                    help="order 2: DARTS's finite-difference Hessian-vector product, or an exact one (double backward)")
     s.add_argument("--batch-size", type=bounded_int(4096), default=64)
     s.add_argument("--channels", type=bounded_int(512), default=16)

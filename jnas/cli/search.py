@@ -28,6 +28,7 @@ INTERRUPTED_EXIT = 130  # SIGINT, as a shell reports it
 
 def add_parser(subparsers) -> None:
     from jnas.data import DATASETS
+    from jnas.search.darts import HVP_MODES
     from jnas.search.runner import DEFAULT_CHECKPOINT_EVERY, METHODS, SPACES
 
     p = subparsers.add_parser(
@@ -39,7 +40,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--space", default="nb201", help=f"search space ({', '.join(SPACES)})")
     p.add_argument("--method", default="darts", help=f"search method ({', '.join(METHODS)})")
     p.add_argument("--order", type=int, default=1, help="DARTS order: 1 (first) or 2 (unrolled)")
-    p.add_argument("--hvp", default="finite_difference", choices=["finite_difference", "exact"],
+    p.add_argument("--hvp", default="finite_difference", choices=HVP_MODES,
                    help="order 2's Hessian-vector product: DARTS's finite difference (default) or exact (double backward)")
     p.add_argument("--dataset", default="digits", help=f"data set ({', '.join(DATASETS)})")
     p.add_argument("--data-dir", default=None, help="read the data set's standard files from this directory")

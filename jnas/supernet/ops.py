@@ -106,8 +106,7 @@ def _bn_grad(x, mean, rstd, dy, scale=None):
 
 @jax.custom_vjp
 def _batch_norm(x):
-    mean, rstd = _moments(x)
-    return (x - mean) * rstd
+    return _batch_norm_fwd(x)[0]
 
 
 def _batch_norm_fwd(x):
@@ -125,8 +124,7 @@ _batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
 
 @jax.custom_vjp
 def _batch_norm_affine(x, scale, bias):
-    mean, rstd = _moments(x)
-    return (x - mean) * (rstd * scale) + bias
+    return _batch_norm_affine_fwd(x, scale, bias)[0]
 
 
 def _batch_norm_affine_fwd(x, scale, bias):
