@@ -205,7 +205,7 @@ def jacob_cov(params, batch, encodings, key, *, config: supernet.SupernetConfig,
 
     jac = jax.grad(total)(_broadcast(images, num)).reshape(num, images.shape[0], -1)
     centered = jac - jnp.mean(jac, axis=-1, keepdims=True)
-    cov = jnp.einsum("abd,acd->abc", centered, centered)
+    cov = network.per_arch_gram(centered)
     std = jnp.sqrt(jnp.diagonal(cov, axis1=1, axis2=2))
     corr = cov / (std[:, :, None] * std[:, None, :])
     eig = jnp.linalg.eigvalsh(corr)
