@@ -335,6 +335,10 @@ def test_nwot_hand_kernel():
     want = c @ c.T + (1 - c) @ (1 - c).T
     np.testing.assert_array_equal(np.asarray(tape.kernels[0][0]), want)
     assert want.tolist() == [[4, 2, 2], [2, 4, 2], [2, 2, 4]]  # agreements counted by hand
+    # several architectures (one product each under lax.map): each gets its own kernel
+    second = jnp.array([[[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, -1.0], [-1.0, -1.0, 1.0, 1.0]]])  # codes 1111, 1110, 0011
+    kernels = network.hamming_kernel(jnp.concatenate([pre, second, -pre]))  # flipping every sign keeps agreements
+    np.testing.assert_array_equal(np.asarray(kernels), [want, [[4, 3, 2], [3, 4, 1], [2, 1, 4]], want])
 
 
 def test_slot_weight_grad_equals_autodiff():
