@@ -20,7 +20,8 @@ def main() -> None:
     path, proxy, out = sys.argv[1:4]
     table = bench.load_table(bench.default_path())
     rows = list(csv.DictReader(open(path)))
-    score = np.array([float(r[f"{proxy}_mean"]) for r in rows])
+    # NaN (jacob_cov where no path reaches the input) ranks lowest, as in `jnas score --json`
+    score = np.nan_to_num(np.array([float(r[f"{proxy}_mean"]) for r in rows]), nan=-np.inf)
     acc = np.array([table.lookup(r["arch"])["c10_test_acc_200"] for r in rows])
     from scipy import stats
 
@@ -35,7 +36,7 @@ def main() -> None:
     ax.scatter(score[finite], acc[finite], s=1, alpha=0.3)
     ax.set_xlabel(f"{proxy}" + (" (natural log)" if proxy == "synflow" else ""))
     ax.set_ylabel("NB201 CIFAR-10 test accuracy, 200 epochs (%)")
-    ax.set_title(f"{proxy}, {len(rows)} cells: Spearman {rho:.3f} ({(~finite).sum()} at -inf not drawn)", fontsize=9)
+    ax.set_title(f"{proxy}, {len(rows)} cells: Spearman {rho:.3f} ({(~finite).sum()} at -inf or NaN not drawn)", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     print(out, rho)
