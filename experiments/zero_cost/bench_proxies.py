@@ -10,7 +10,8 @@ compile seconds, archs/s excluding the first (compiling) chunk, Spearman/Kendall
 ``c10_test_acc_200``), and the per-architecture jitted loop (the same scorer compiled
 for one architecture, called once per architecture) on ``--loop-archs`` of them, with
 the ratio of archs/s and the largest relative difference between the loop's scores and
-the batched ones (``agrees_with_batched``: within 1e-4). A PNG scatter of score vs accuracy is written beside the JSON.
+the batched ones (``agrees_with_batched``: within 1e-4). A PNG scatter of score vs
+accuracy is written beside the JSON.
 """
 
 from __future__ import annotations

@@ -217,10 +217,10 @@ def to_slots(x, slot_arch, arch_pos):
     Every architecture sits in exactly one slot, so the transpose is again a gather
     (``g[arch_pos]``), not a scatter-add (slow on XLA's CPU backend).
     """
-    return x.at[slot_arch].get(mode="fill", fill_value=0)
+    return _to_slots_fwd(x, slot_arch, arch_pos)[0]
 
 
-def _to_slots_fwd(x, slot_arch, arch_pos):  # the plain gather (jvp-able: grasp runs jvp over grad)
+def _to_slots_fwd(x, slot_arch, arch_pos):  # a plain gather, so jvp can trace it (grasp runs jvp over grad)
     return x.at[slot_arch].get(mode="fill", fill_value=0), (slot_arch, arch_pos)
 
 
@@ -235,10 +235,10 @@ to_slots.defvjp(_to_slots_fwd, _to_slots_bwd)
 @jax.custom_vjp
 def from_slots(y, slot_arch, arch_pos):
     """``y[arch_pos]``: each architecture's result back from its slot (transpose of :func:`to_slots`)."""
-    return jnp.take(y, arch_pos, axis=0)
+    return _from_slots_fwd(y, slot_arch, arch_pos)[0]
 
 
-def _from_slots_fwd(y, slot_arch, arch_pos):
+def _from_slots_fwd(y, slot_arch, arch_pos):  # a plain gather, as above
     return jnp.take(y, arch_pos, axis=0), (slot_arch, arch_pos)
 
 
