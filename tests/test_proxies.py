@@ -343,15 +343,22 @@ def test_nwot_hand_kernel():
 
 def test_slot_weight_grad_equals_autodiff():
     x = jax.random.normal(jax.random.key(0), (3, 2, 6, 6, 4))
-    w = jax.random.normal(jax.random.key(1), (3, 3, 4, 5))
-    for stride, pad in ((1, 1), (2, 1)):
+    for size, stride, pad in ((3, 1, 1), (3, 2, 1), (3, 1, 0), (1, 1, 0), (1, 2, 0)):
+        w = jax.random.normal(jax.random.key(1), (size, size, 4, 5))
+
         def f(w_, xi):
             return jnp.sum(jnp.sin(_conv(xi, w_, stride, pad)))
 
         g = jax.vmap(lambda xi: jax.grad(lambda y: jnp.sum(jnp.sin(y)))(_conv(xi, w, stride, pad)))(x)
-        got = network.slot_weight_grad(x, g, network.LayerMeta("conv", 3, stride, pad))
+        meta = network.LayerMeta("conv", size, stride, pad)
         want = jax.vmap(lambda xi: jax.grad(f)(w, xi))(x)
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(network.slot_weight_grad(x, g, meta)), np.asarray(want), rtol=1e-5, atol=1e-5)
+        one = network.slot_weight_grad(x[1:2], g[1:2], meta)  # a single slot
+        np.testing.assert_allclose(np.asarray(one), np.asarray(want[1:2]), rtol=1e-5, atol=1e-5)
+        # every slot reading the same input (the stem on a shared batch): one product for all
+        shared = network.slot_weight_grad(x[:1], g, meta)
+        want_shared = jax.vmap(lambda gi: jax.vjp(lambda w_: _conv(x[0], w_, stride, pad), w)[1](gi)[0])(g)
+        np.testing.assert_allclose(np.asarray(shared), np.asarray(want_shared), rtol=1e-5, atol=1e-5)
 
 
 def test_params_match_nb201_table():
@@ -427,3 +434,15 @@ def test_balanced_order_is_a_balanced_partition():
     enc = np.asarray(space.code_to_encoding(order)).reshape(-1, batched.BLOCK, 6)
     for op in range(5):
         assert ((enc == op).sum(1) == 5).all()
+
+
+def test_apply_rejects_images_without_a_matching_architecture_axis():
+    config = supernet.SupernetConfig(channels=4, cells=1)
+    params = network.init_params(jax.random.key(0), config)
+    encodings = jnp.zeros((3, space.NUM_EDGES), jnp.int32)
+    with pytest.raises(ValueError, match="A=3"):
+        network.apply(params, jnp.zeros((2, 2, 8, 8, 3)), encodings, config)
+    with pytest.raises(ValueError, match=r"\(1, B, H, W, C\)"):
+        network.apply(params, jnp.zeros((2, 8, 8, 3)), encodings, config)
+    logits, _ = network.apply(params, jnp.zeros((1, 2, 8, 8, 3)), encodings, config)  # shared input
+    assert logits.shape == (3, 2, config.num_classes)

@@ -23,8 +23,7 @@ def nwot(params, batch, encodings, key, *, config: supernet.SupernetConfig, capa
     images = batch[0]
     num = encodings.shape[0]
     tape = network.Tape(collect_codes=True)
-    network.apply(params, jnp.broadcast_to(images, (num,) + images.shape), encodings, config, variant="bn",
-                  capacity=capacity, tape=tape)
+    network.apply(params, images[None], encodings, config, variant="bn", capacity=capacity, tape=tape)
     kernel = sum(tape.kernels)
     diag = jnp.diagonal(kernel, axis1=1, axis2=2)[:, :1]  # all diagonal entries equal the unit count
     _, logdet = jnp.linalg.slogdet(kernel / diag[:, :, None])
@@ -67,11 +66,11 @@ def zen(params, batch, encodings, key, *, config: supernet.SupernetConfig, capac
     x = jax.random.normal(x_key, images.shape, jnp.float32)
     eps = jax.random.normal(e_key, images.shape, jnp.float32)
     tape = network.Tape()
-    feats, _ = network.apply(weights, jnp.broadcast_to(x, (num,) + x.shape), encodings, config, variant="bn",
-                             capacity=capacity, tape=tape, features_only=True)
+    feats, _ = network.apply(weights, x[None], encodings, config, variant="bn", capacity=capacity, tape=tape,
+                             features_only=True)
     mixed = x + alpha * eps
-    feats2, _ = network.apply(weights, jnp.broadcast_to(mixed, (num,) + x.shape), encodings, config, variant="bn",
-                              capacity=capacity, features_only=True)
+    feats2, _ = network.apply(weights, mixed[None], encodings, config, variant="bn", capacity=capacity,
+                              features_only=True)
     phi = jnp.mean(jnp.sum(jnp.abs(feats - feats2), axis=(2, 3, 4)), axis=1)
     bn_term = jnp.zeros((num,), jnp.float32)
     for log_std, slots in tape.bn_stds:

@@ -71,7 +71,7 @@ def synflow(params, batch, encodings, key, *, config: supernet.SupernetConfig, c
     images = batch[0]
     num = encodings.shape[0]
     abs_params = jax.tree_util.tree_map(jnp.abs, params)
-    ones = jnp.ones((num, 1) + images.shape[1:], jnp.float32)
+    ones = jnp.ones((1, 1) + images.shape[1:], jnp.float32)  # one input shared by all architectures
 
     def objective(tape):
         logits, log_scale = network.apply(abs_params, ones, encodings, config, variant="synflow", capacity=capacity, tape=tape)
@@ -91,7 +91,7 @@ def synflow(params, batch, encodings, key, *, config: supernet.SupernetConfig, c
 def _loss_grads(params, batch, encodings, config, capacity):
     images, labels = batch
     num = encodings.shape[0]
-    inputs = _broadcast(images, num)
+    inputs = images[None]  # shared by all architectures: the stem runs once
 
     def objective(tape):
         logits, _ = network.apply(params, inputs, encodings, config, variant="bn", capacity=capacity, tape=tape)
@@ -157,7 +157,7 @@ def grasp(params, batch, encodings, key, *, config: supernet.SupernetConfig, cap
     del key
     images, labels = batch
     num = encodings.shape[0]
-    inputs = _broadcast(images, num)
+    inputs = images[None]
 
     def slot_grads(weight_scale):
         """Per-slot weight gradients with arch ``a``'s weights acting as ``θ(1 + t_a)``."""
