@@ -48,6 +48,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from jnas import xla_options
+
 DATA_AXIS = "data"
 
 __all__ = [
@@ -231,6 +233,7 @@ def data_parallel_step(step_fn: Callable, mesh: Mesh, *, donate_state: bool = Fa
     split = data_sharding(mesh)
     return jax.jit(
         step_fn,
+        compiler_options=xla_options.compiler_options(),
         in_shardings=(replicated, split, split),
         out_shardings=replicated,  # a prefix: every output, whatever the step returns
         donate_argnums=(0,) if donate_state else (),

@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 from jnas import data as jdata
+from jnas import xla_options
 from jnas.evaluation import network as enet
 from jnas.spaces import darts as space
 
@@ -232,8 +233,8 @@ def run_training(config: TrainConfig, out: Path | None = None, *, progress: bool
     tx, train_step, eval_step = make_steps(net, config, steps)
     params, stats = net.init(jax.random.key(config.seed))
     state = {"params": params, "batch_stats": stats, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
-    train_fn = jax.jit(train_step, donate_argnums=0)
-    eval_fn = jax.jit(eval_step)
+    train_fn = xla_options.jit(train_step, donate_argnums=0)
+    eval_fn = xla_options.jit(eval_step)
 
     config_json = dataclasses.asdict(config)
     history: list[dict] = []

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
-from jnas import parallel
+from jnas import parallel, xla_options
 from jnas.proxies import PROXIES, network
 from jnas.spaces import nb201 as space
 from jnas.supernet import nb201 as supernet
@@ -59,6 +59,11 @@ def required_capacity(encodings: np.ndarray) -> int:
 @functools.lru_cache(maxsize=32)
 def make_scorer(proxies: tuple[str, ...], config: supernet.SupernetConfig, capacity: int | None):
     """Jitted ``(keys, images, labels, encodings) -> {name: (I, A) float32}``."""
+    return xla_options.jit(_scorer_fn(proxies, config, capacity))
+
+
+def _scorer_fn(proxies, config, capacity):
+    """:func:`make_scorer`'s function before ``jit`` (compiler options go on the outermost jit only)."""
     fns = [PROXIES[name].fn for name in proxies]
 
     def one_init(key, images, labels, encodings):
@@ -72,7 +77,7 @@ def make_scorer(proxies: tuple[str, ...], config: supernet.SupernetConfig, capac
     def scorer(keys, images, labels, encodings):
         return jax.vmap(one_init, in_axes=(0, None, None, None))(keys, images, labels, encodings)
 
-    return jax.jit(scorer)
+    return scorer
 
 
 @functools.lru_cache(maxsize=32)
@@ -88,9 +93,9 @@ def make_sharded_scorer(proxies: tuple[str, ...], config: supernet.SupernetConfi
     axis = parallel.DATA_AXIS
     # check_vma=False: the evaluator's custom_vjp rules do not carry shard_map's
     # varying-axis types (nothing is reduced over the split axis, so there is nothing to check)
-    per_device = jax.shard_map(make_scorer(proxies, config, capacity), mesh=mesh,
+    per_device = jax.shard_map(_scorer_fn(proxies, config, capacity), mesh=mesh,
                                in_specs=(P(), P(), P(), P(axis)), out_specs=P(None, axis), check_vma=False)
-    return jax.jit(per_device, out_shardings=parallel.replicated_sharding(mesh))
+    return xla_options.jit(per_device, out_shardings=parallel.replicated_sharding(mesh))
 
 
 @dataclasses.dataclass

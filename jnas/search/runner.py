@@ -19,7 +19,7 @@ import numpy as np
 
 from jnas import checkpoint
 from jnas import data as jdata
-from jnas import diagnostics, parallel
+from jnas import diagnostics, parallel, xla_options
 from jnas.search import darts, networks
 from jnas.supernet import nb201 as supernet
 
@@ -226,7 +226,7 @@ def run_search(config: SearchConfig, *, table=None, progress: bool = True, datas
     search = darts.make_darts(network, darts_config, total_steps, steps_per_epoch=batches.steps_per_epoch)
     state = search.init(jax.random.key(config.seed))
     if mesh is None:
-        step_fn = jax.jit(_guarded(search.step), donate_argnums=0)
+        step_fn = xla_options.jit(_guarded(search.step), donate_argnums=0)
     else:
         step_fn = parallel.data_parallel_step(_guarded(search.step), mesh, donate_state=True)
     hessian_fn = _hessian_probe(search, config, batches) if config.hessian_every else None

@@ -5,9 +5,10 @@ Layout is NHWC throughout. Two choices here are deliberate and measured
 
 * ``conv2d`` has a custom VJP whose input gradient is a plain forward convolution
   with the flipped kernel (measured faster on XLA CPU than XLA's own transpose). Its
-  filter gradient is XLA's own transpose rule: with jax 0.10's XLA CPU it runs as a
-  YNNPACK convolution and beat the earlier hand-written 9-GEMM filter gradient by
-  1.2-5.7x per call (its strided row slices were copied out 9 times per conv).
+  filter gradient is XLA's own transpose rule (a convolution over the batch): it beat
+  the earlier hand-written 9-GEMM filter gradient by 1.2-5.7x per call (its strided
+  row slices were copied out 9 times per conv). Which library runs the convolutions
+  on CPU is a compiler option, see :mod:`jnas.xla_options`.
 * ``batch_norm`` has a custom VJP: the closed-form gradient, with the normalised
   activations recomputed from ``x`` instead of stored.
 * Average pooling with ``count_include_pad=False`` is written as separable
@@ -47,8 +48,8 @@ def _conv2d_fwd(x, w, stride, padding):
 def _conv2d_bwd(stride, padding, residuals, g):
     x, w = residuals
     kh, kw = w.shape[:2]
-    # Filter gradient: XLA's own transpose (a convolution over the batch, which XLA CPU
-    # hands to YNNPACK); its operand x is a materialised buffer here (see materialize).
+    # Filter gradient: XLA's own transpose (a convolution over the batch); its operand
+    # x is a materialised buffer here (see materialize).
     dw = jax.vjp(lambda kernel: _conv(x, kernel, stride, padding), w)[1](g)[0]
     # Input gradient: a forward convolution of the (dilated, for stride 2) output
     # gradient with the spatially flipped, in/out-swapped kernel.
