@@ -41,10 +41,10 @@ def run_json(cmd: list[str], timeout: int = 3000) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def jnas_step(order: int, args, hvp: str = "finite_difference") -> dict:
+def jnas_step(order: int, args, hvp: str = "finite_difference", scan: bool = False) -> dict:
     cmd = [sys.executable, "-m", "jnas.cli", "bench", "step", "--order", str(order), "--hvp", hvp,
            "--batch-size", str(args.batch_size), "--channels", str(args.channels), "--cells", str(args.cells),
-           "--steps", str(args.steps), "--json"]
+           "--steps", str(args.steps), "--json"] + (["--scan"] if scan else [])
     return run_json(cmd) | {"command": "jnas bench step " + " ".join(cmd[5:])}
 
 
@@ -131,6 +131,8 @@ def main() -> int:
             row["ratio_min"] = row["pytorch"]["min_step_s"] / row["jnas"]["min_step_s"]
             print(json.dumps({"order": order, "pytorch_median_step_s": row["pytorch"]["median_step_s"],
                               "ratio": row["ratio_median"]}), flush=True)
+        # each stage's cells under lax.scan: a fraction of the compile time, a slower step
+        row["jnas_scan"] = jnas_step(order, args, scan=True)
         if order == 2:  # jnas's exact Hessian-vector product, for reference (not what the reference computes)
             row["jnas_exact_hvp"] = jnas_step(order, args, hvp="exact")
         rows.append(row)
