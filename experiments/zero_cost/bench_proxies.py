@@ -66,7 +66,8 @@ def main() -> None:
     alone, together = loop.scores[args.proxy][:, 0], result.scores[args.proxy][: len(loop_codes), 0]
     agree = np.allclose(alone, together, rtol=1e-4, atol=1e-4, equal_nan=True)
     finite = np.isfinite(alone) & np.isfinite(together)  # jacob_cov is NaN where no path reaches the input
-    rel_diff = float(np.max(np.abs(alone - together)[finite] / np.maximum(np.abs(alone[finite]), 1e-12), initial=0.0))
+    rel_diff = float(np.max(np.abs(alone[finite] - together[finite]) / np.maximum(np.abs(alone[finite]), 1e-12),
+                            initial=0.0))
     nan_mismatch = int(np.sum(np.isnan(alone) != np.isnan(together)))
 
     payload = {
