@@ -231,9 +231,8 @@ def data_parallel_step(step_fn: Callable, mesh: Mesh, *, donate_state: bool = Fa
     """
     replicated = replicated_sharding(mesh)
     split = data_sharding(mesh)
-    return jax.jit(
+    return xla_options.jit(
         step_fn,
-        compiler_options=xla_options.compiler_options(),
         in_shardings=(replicated, split, split),
         out_shardings=replicated,  # a prefix: every output, whatever the step returns
         donate_argnums=(0,) if donate_state else (),
