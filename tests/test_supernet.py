@@ -161,6 +161,37 @@ def test_batch_norm_matches_numpy():
                                rtol=1e-5, atol=1e-5)  # float32 BN vs float64 numpy: rsqrt + mean rounding
 
 
+@pytest.mark.parametrize("offset", [0.0, 30.0])
+def test_batch_norm_float32_grads_match_float64_autodiff(offset):
+    """The closed-form VJP (float32) against autodiff of the plain formula in float64.
+
+    ``offset`` 30 puts every channel's mean at 30 standard deviations: the VJP forms
+    ``sum(dy * xhat)`` as ``sum(dy * x) - mean * sum(dy)``, whose cancellation grows with
+    ``|mean| / std``.
+    """
+    x = offset + _rand(11, (8, 6, 6, 5), np.float32)
+    dy = _rand(12, (8, 6, 6, 5), np.float32)
+    scale, bias = 1.0 + _rand(13, (5,), np.float32), _rand(14, (5,), np.float32)
+
+    def reference(x, scale, bias):
+        mean = jnp.mean(x, axis=(0, 1, 2))
+        var = jnp.mean((x - mean) ** 2, axis=(0, 1, 2))
+        return (x - mean) / jnp.sqrt(var + 1e-5) * scale + bias
+
+    _, vjp = jax.vjp(lambda x, s, b: ops.batch_norm(x, s, b), *map(jnp.asarray, (x, scale, bias)))
+    _, vjp_plain = jax.vjp(ops.batch_norm, jnp.asarray(x))
+    with enable_x64():
+        _, ref_vjp = jax.vjp(reference, *(jnp.asarray(a, jnp.float64) for a in (x, scale, bias)))
+        want = [np.asarray(g) for g in ref_vjp(jnp.asarray(dy, jnp.float64))]
+        _, ref_plain = jax.vjp(lambda x: reference(x, 1.0, 0.0), jnp.asarray(x, jnp.float64))
+        want_plain = np.asarray(ref_plain(jnp.asarray(dy, jnp.float64))[0])
+    got = [np.asarray(g) for g in vjp(jnp.asarray(dy))]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=2e-4, atol=2e-4 * np.abs(w).max())
+    np.testing.assert_allclose(np.asarray(vjp_plain(jnp.asarray(dy))[0]), want_plain, rtol=2e-4,
+                               atol=2e-4 * np.abs(want_plain).max())
+
+
 # --------------------------------------------------------------------------- reference cell
 
 
