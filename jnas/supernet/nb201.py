@@ -226,15 +226,22 @@ def cell(w1, w3, h0, arch_weights, edge_weights=None):
         idx = np.asarray(out_edges)
         k3 = jnp.transpose(w3[idx], (1, 2, 3, 0, 4)).reshape(3, 3, p, len(idx) * p)
         k1 = jnp.transpose(w1[idx], (1, 0, 2)).reshape(1, 1, p, len(idx) * p)
-        y3 = ops.batch_norm(ops.conv2d(r, k3, 1, 1))
-        y1 = ops.batch_norm(ops.conv2d(r, k1, 1, 0))
+        # The conv ops' architecture weights are the BN's per-channel scale (each edge's
+        # weight repeated over its slot): the gradient of a weight is then the BN's
+        # scale gradient, one of the channel sums its backward forms anyway, instead of
+        # a separate reduction over a materialised normalised slot.
+        a3 = jnp.repeat(arch_weights[idx, _CONV3], p)
+        a1 = jnp.repeat(arch_weights[idx, _CONV1], p)
+        no_bias = jnp.zeros_like(a3)
+        y3 = ops.batch_norm(ops.conv2d(r, k3, 1, 1), a3, no_bias)
+        y1 = ops.batch_norm(ops.conv2d(r, k1, 1, 0), a1, no_bias)
         pooled = ops.avg_pool_3x3(hp)
         for slot, edge in enumerate(out_edges):
             a = arch_weights[edge]
             term = (
                 a[_SKIP] * hp
-                + a[_CONV1] * y1[..., slot * p : (slot + 1) * p]
-                + a[_CONV3] * y3[..., slot * p : (slot + 1) * p]
+                + y1[..., slot * p : (slot + 1) * p]
+                + y3[..., slot * p : (slot + 1) * p]
                 + a[_POOL] * pooled
             )
             rest = h[..., p:] if partial else None
