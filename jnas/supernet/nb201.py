@@ -48,6 +48,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 
 from jnas.spaces import nb201 as space
@@ -199,7 +200,28 @@ def edge_softmax(beta: jax.Array) -> jax.Array:
     return out
 
 
-def cell(w1, w3, h0, arch_weights, edge_weights=None):
+def mixing_weights(arch_weights, part: int, edge_weights=None):
+    """What the cells of a stage read of the architecture, extracted once per forward pass.
+
+    For each source node (in ``_OUT_EDGES`` order): the BN scales of its 3x3 and 1x1
+    convolutions (each outgoing edge's op weight repeated over its ``part`` channels),
+    and per outgoing edge the ``skip_connect`` and ``avg_pool_3x3`` weights and, with
+    PC-DARTS's edge normalization, the edge weight. Static slices only (``lax``), no
+    fancy indexing: tracing is a large part of compile time.
+    """
+    col = lambda o: lax.index_in_dim(arch_weights, o, axis=-1, keepdims=False)  # (6,)
+    skip, conv1, conv3, pool = col(_SKIP), col(_CONV1), col(_CONV3), col(_POOL)
+    pick = lambda v, e: lax.index_in_dim(v, e, axis=-1, keepdims=False)
+    rows = lambda v, edges: jnp.concatenate([lax.slice_in_dim(v, e, e + 1, axis=-1) for e in edges], axis=-1)
+    nodes = []
+    for out_edges in _OUT_EDGES:
+        edges = [(pick(skip, e), pick(pool, e), None if edge_weights is None else pick(edge_weights, e))
+                 for e in out_edges]
+        nodes.append((jnp.repeat(rows(conv3, out_edges), part), jnp.repeat(rows(conv1, out_edges), part), edges))
+    return nodes
+
+
+def cell(w1, w3, h0, arch_weights, edge_weights=None, mixing=None):
     """One search cell.
 
     Args:
@@ -209,6 +231,8 @@ def cell(w1, w3, h0, arch_weights, edge_weights=None):
       h0: ``(B, H, W, C)`` cell input.
       arch_weights: ``(6, 5)`` weights of the ops on every edge (``none`` ignored: it is zero).
       edge_weights: optional ``(6,)`` PC-DARTS edge-normalization weights.
+      mixing: :func:`mixing_weights` of ``arch_weights`` (computed here if not given;
+        a stage computes it once for all of its cells).
 
     Returns:
       ``(B, H, W, C)``, node 3.
@@ -216,38 +240,40 @@ def cell(w1, w3, h0, arch_weights, edge_weights=None):
     c = h0.shape[-1]
     p = w1.shape[-1]
     partial = p != c
+    if mixing is None:
+        mixing = mixing_weights(arch_weights, p, edge_weights)
+    channels = lambda x, lo, hi: lax.slice_in_dim(x, lo, hi, axis=-1)
     nodes = [h0]
     incoming = {j: [] for j in range(1, space.NUM_NODES)}
     bypass = {j: [] for j in range(1, space.NUM_NODES)}
     for i, out_edges in enumerate(_OUT_EDGES):
         h = nodes[i]
-        hp = h[..., :p] if partial else h
+        hp = channels(h, 0, p) if partial else h
         r = jax.nn.relu(hp)
-        idx = np.asarray(out_edges)
-        k3 = jnp.transpose(w3[idx], (1, 2, 3, 0, 4)).reshape(3, 3, p, len(idx) * p)
-        k1 = jnp.transpose(w1[idx], (1, 0, 2)).reshape(1, 1, p, len(idx) * p)
+        # one convolution per source node covering all of its outgoing edges: kernels
+        # side by side along the output channels (slot s = edge out_edges[s])
+        k3 = jnp.concatenate([lax.index_in_dim(w3, e, keepdims=False) for e in out_edges], axis=-1)
+        k1 = jnp.concatenate([lax.index_in_dim(w1, e, keepdims=False) for e in out_edges], axis=-1)[None, None]
         # The conv ops' architecture weights are the BN's per-channel scale (each edge's
         # weight repeated over its slot): the gradient of a weight is then the BN's
         # scale gradient, one of the channel sums its backward forms anyway, instead of
         # a separate reduction over a materialised normalised slot.
-        a3 = jnp.repeat(arch_weights[idx, _CONV3], p)
-        a1 = jnp.repeat(arch_weights[idx, _CONV1], p)
+        a3, a1, edge_mix = mixing[i]
         no_bias = jnp.zeros_like(a3)
         y3 = ops.batch_norm(ops.conv2d(r, k3, 1, 1), a3, no_bias)
         y1 = ops.batch_norm(ops.conv2d(r, k1, 1, 0), a1, no_bias)
         pooled = ops.avg_pool_3x3(hp)
-        for slot, edge in enumerate(out_edges):
-            a = arch_weights[edge]
+        for slot, (edge, (a_skip, a_pool, a_edge)) in enumerate(zip(out_edges, edge_mix)):
             term = (
-                a[_SKIP] * hp
-                + y1[..., slot * p : (slot + 1) * p]
-                + y3[..., slot * p : (slot + 1) * p]
-                + a[_POOL] * pooled
+                a_skip * hp
+                + channels(y1, slot * p, (slot + 1) * p)
+                + channels(y3, slot * p, (slot + 1) * p)
+                + a_pool * pooled
             )
-            rest = h[..., p:] if partial else None
-            if edge_weights is not None:
-                term = edge_weights[edge] * term
-                rest = edge_weights[edge] * rest if partial else None
+            rest = channels(h, p, c) if partial else None
+            if a_edge is not None:
+                term = a_edge * term
+                rest = a_edge * rest if partial else None
             dst = space.EDGES[edge][1]
             incoming[dst].append(term)
             bypass[dst].append(rest)
@@ -274,14 +300,16 @@ def reduction_block(p, x):
 
 def _stage(stage_params, x, arch_weights, scan: bool, edge_weights=None):
     w1s, w3s = stage_params["w1"], stage_params["w3"]
+    mixing = mixing_weights(arch_weights, w1s.shape[-1], edge_weights)
     if scan:
         def body(h, ws):
-            return cell(ws[0], ws[1], h, arch_weights, edge_weights), None
+            return cell(ws[0], ws[1], h, arch_weights, edge_weights, mixing), None
 
         x, _ = jax.lax.scan(body, x, (w1s, w3s))
         return x
     for k in range(w1s.shape[0]):
-        x = cell(w1s[k], w3s[k], x, arch_weights, edge_weights)
+        x = cell(lax.index_in_dim(w1s, k, keepdims=False), lax.index_in_dim(w3s, k, keepdims=False), x,
+                 arch_weights, edge_weights, mixing)
     return x
 
 
