@@ -68,6 +68,9 @@ __all__ = ["SearchNetwork"]  # re-exported: spaces build it, searchers consume i
 
 HVP_MODES = ("finite_difference", "exact")
 HVP_R = 0.01  # DARTS's finite-difference radius: ε = HVP_R / ||v||
+# Order 2: one looped gradient pass for the weight step, the unrolled step and the
+# validation gradient (``make_darts``); tests switch it off to compare with the plain path.
+_FUSE_SECOND_ORDER = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +207,11 @@ def finite_difference_arch_grad(params, arch_params, train_batch, val_batch, mom
     (loss, logits), (v, g_alpha) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
         w_prime, arch_params, val_batch
     )
+    return loss, logits, finite_difference_correction(params, arch_params, train_batch, v, g_alpha, lr, loss_fn)
+
+
+def finite_difference_correction(params, arch_params, train_batch, v, g_alpha, lr, loss_fn):
+    """``g_α - ξ (∇_α L_train(w + εv, α) - ∇_α L_train(w - εv, α)) / (2ε)``, ``ε = 0.01 / ||v||``."""
     eps = HVP_R / optax.tree.norm(v)
 
     def train_arch_grad(sign):
@@ -213,8 +221,7 @@ def finite_difference_arch_grad(params, arch_params, train_batch, val_batch, mom
     # One after the other in a loop: one compiled pass instead of two, and XLA cannot
     # schedule both forward passes before either backward (two sets of residuals live).
     plus_minus = jax.lax.map(train_arch_grad, jnp.array([1.0, -1.0], jnp.float32))
-    grad = jax.tree.map(lambda g, pm: g - lr * (pm[0] - pm[1]) / (2 * eps), g_alpha, plus_minus)
-    return loss, logits, grad
+    return jax.tree.map(lambda g, pm: g - lr * (pm[0] - pm[1]) / (2 * eps), g_alpha, plus_minus)
 
 
 def momentum_of(w_opt_state, params):
@@ -317,7 +324,60 @@ def make_darts(network, config: DartsConfig, total_steps: int, apply_fn=None,
         arch_params = optax.apply_updates(state.arch_params, a_updates)
         return arch_params, a_opt_state, val_logits
 
+    def fused_second_order(state, train_batch, val_batch):
+        """Order 2 (finite-difference HVP, no warm-up) with ONE compiled gradient pass for three.
+
+        The weight step's gradient (train batch, w), the unrolled step's (train batch,
+        w after that step) and the validation gradient (val batch, w') are the same
+        function, ``∇_{w,α} L(w, α, batch)``, at different points; a three-iteration
+        loop evaluates it once compiled instead of three times (order-2 compile time;
+        the α gradients of the two training passes are unused and cost a few channel
+        sums). Same arithmetic as the unfused path; the w± passes stay
+        :func:`finite_difference_correction`'s loop.
+        """
+        lr = schedule(state.step)
+        images = jnp.stack([train_batch.images, val_batch.images])
+        labels = jnp.stack([train_batch.labels, val_batch.labels])
+        pick = lambda k, a, b: jax.tree.map(lambda x, y: jnp.where(k, x, y), a, b)
+        grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+
+        def body(carry, k):
+            w, stepped, opt_state = carry
+            batch = Batch(images[k // 2], labels[k // 2])
+            (loss, logits), (gw, ga) = grad_fn(w, state.arch_params, batch)
+            updates, new_opt_state = w_tx.update(gw, opt_state, w)
+            after_step = optax.apply_updates(w, updates)
+            unrolled = jax.tree.map(
+                lambda p, g, m: p - lr * (config.w_momentum * m + g + config.w_weight_decay * p),
+                w, gw, momentum_of(opt_state, w),
+            )
+            first = k == 0
+            next_w = pick(first, after_step, pick(k == 1, unrolled, w))
+            carry = (next_w, pick(first, after_step, stepped), pick(first, new_opt_state, opt_state))
+            return carry, (loss, logits, gw, ga)
+
+        (_, params, w_opt_state), (losses, logits, gws, gas) = jax.lax.scan(
+            body, (state.params, state.params, state.w_opt_state), jnp.arange(3))
+        train_loss, train_logits, val_logits = losses[0], logits[0], logits[2]
+        v = jax.tree.map(lambda g: g[2], gws)
+        g_alpha = jax.tree.map(lambda g: g[2], gas)
+        a_grads = finite_difference_correction(params, state.arch_params, train_batch, v, g_alpha, lr, loss_fn)
+        objective_lam = arch_objective(state.step)[1]
+        if config.beta_decay:
+            reg_grad = jax.grad(lambda a: beta_decay_loss(network.op_logits(a)))(state.arch_params)
+            a_grads = jax.tree.map(lambda g, r: g + objective_lam * r, a_grads, reg_grad)
+        a_updates, a_opt_state = a_tx.update(a_grads, state.a_opt_state, state.arch_params)
+        arch_params = optax.apply_updates(state.arch_params, a_updates)
+        return train_loss, train_logits, params, w_opt_state, arch_params, a_opt_state, val_logits
+
     def step(state: SearchState, train_batch: Batch, val_batch: Batch):
+        same_shapes = all(t.shape == v.shape for t, v in zip(train_batch, val_batch))
+        if (_FUSE_SECOND_ORDER and config.order == 2 and config.hvp == "finite_difference"
+                and not config.arch_warmup_steps and same_shapes):
+            (train_loss, train_logits, params, w_opt_state, arch_params, a_opt_state,
+             val_logits) = fused_second_order(state, train_batch, val_batch)
+            return _finish(state, train_batch, val_batch, train_loss, train_logits, params, w_opt_state,
+                           arch_params, a_opt_state, val_logits, jnp.asarray(True))
         (train_loss, train_logits), w_grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.arch_params, train_batch
         )
@@ -338,7 +398,11 @@ def make_darts(network, config: DartsConfig, total_steps: int, apply_fn=None,
         else:
             active = jnp.asarray(True)
             arch_params, a_opt_state, val_logits = arch_update(state, params, w_opt_state, train_batch, val_batch)
+        return _finish(state, train_batch, val_batch, train_loss, train_logits, params, w_opt_state, arch_params,
+                       a_opt_state, val_logits, active)
 
+    def _finish(state, train_batch, val_batch, train_loss, train_logits, params, w_opt_state, arch_params,
+                a_opt_state, val_logits, active):
         metrics = {
             "train_loss": train_loss,
             "train_acc": accuracy(train_logits, train_batch.labels),
