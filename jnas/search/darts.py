@@ -175,6 +175,11 @@ def beta_decay_weight(step, lam: float, steps_per_epoch: int, epochs: int):
 def unrolled_weights(params, arch_params, batch, momentum_buffer, lr, config: DartsConfig, loss_fn):
     """The DARTS virtual step ``w - ξ(μ m + ∇_w L_train + λ w)`` as a function of α."""
     grads = jax.grad(lambda p: loss_fn(p, arch_params, batch)[0])(params)
+    return virtual_step(params, grads, momentum_buffer, lr, config)
+
+
+def virtual_step(params, grads, momentum_buffer, lr, config: DartsConfig):
+    """``w - ξ(μ m + g + λ w)`` for given weight gradients ``g``."""
     return jax.tree.map(
         lambda w, g, m: w - lr * (config.w_momentum * m + g + config.w_weight_decay * w),
         params,
@@ -310,6 +315,7 @@ def make_darts(network, config: DartsConfig, total_steps: int, apply_fn=None,
             (_, val_logits), a_grads = jax.value_and_grad(objective, argnums=1, has_aux=True)(
                 params, state.arch_params, val_batch
             )
+            arch_params, a_opt_state = adam_step(state, a_grads)
         else:
             lr = schedule(state.step)
             hypergradient = finite_difference_arch_grad if config.hvp == "finite_difference" else second_order_arch_grad
@@ -317,12 +323,19 @@ def make_darts(network, config: DartsConfig, total_steps: int, apply_fn=None,
                 params, state.arch_params, train_batch, val_batch,
                 momentum_of(w_opt_state, params), lr, config, loss_fn,
             )
-            if config.beta_decay:
-                reg_grad = jax.grad(lambda a: beta_decay_loss(network.op_logits(a)))(state.arch_params)
-                a_grads = jax.tree.map(lambda g, r: g + lam * r, a_grads, reg_grad)
-        a_updates, a_opt_state = a_tx.update(a_grads, state.a_opt_state, state.arch_params)
-        arch_params = optax.apply_updates(state.arch_params, a_updates)
+            arch_params, a_opt_state = second_order_arch_step(state, a_grads, lam)
         return arch_params, a_opt_state, val_logits
+
+    def adam_step(state, a_grads):
+        a_updates, a_opt_state = a_tx.update(a_grads, state.a_opt_state, state.arch_params)
+        return optax.apply_updates(state.arch_params, a_updates), a_opt_state
+
+    def second_order_arch_step(state, a_grads, lam):
+        """α's step from a hypergradient of L_val alone: β-DARTS's term is added here (order 1's objective has it)."""
+        if config.beta_decay:
+            reg_grad = jax.grad(lambda a: beta_decay_loss(network.op_logits(a)))(state.arch_params)
+            a_grads = jax.tree.map(lambda g, r: g + lam * r, a_grads, reg_grad)
+        return adam_step(state, a_grads)
 
     def fused_second_order(state, train_batch, val_batch):
         """Order 2 (finite-difference HVP, no warm-up) with ONE compiled gradient pass for three.
@@ -347,10 +360,7 @@ def make_darts(network, config: DartsConfig, total_steps: int, apply_fn=None,
             (loss, logits), (gw, ga) = grad_fn(w, state.arch_params, batch)
             updates, new_opt_state = w_tx.update(gw, opt_state, w)
             after_step = optax.apply_updates(w, updates)
-            unrolled = jax.tree.map(
-                lambda p, g, m: p - lr * (config.w_momentum * m + g + config.w_weight_decay * p),
-                w, gw, momentum_of(opt_state, w),
-            )
+            unrolled = virtual_step(w, gw, momentum_of(opt_state, w), lr, config)
             first = k == 0
             next_w = pick(first, after_step, pick(k == 1, unrolled, w))
             carry = (next_w, pick(first, after_step, stepped), pick(first, new_opt_state, opt_state))
@@ -362,12 +372,7 @@ def make_darts(network, config: DartsConfig, total_steps: int, apply_fn=None,
         v = jax.tree.map(lambda g: g[2], gws)
         g_alpha = jax.tree.map(lambda g: g[2], gas)
         a_grads = finite_difference_correction(params, state.arch_params, train_batch, v, g_alpha, lr, loss_fn)
-        objective_lam = arch_objective(state.step)[1]
-        if config.beta_decay:
-            reg_grad = jax.grad(lambda a: beta_decay_loss(network.op_logits(a)))(state.arch_params)
-            a_grads = jax.tree.map(lambda g, r: g + objective_lam * r, a_grads, reg_grad)
-        a_updates, a_opt_state = a_tx.update(a_grads, state.a_opt_state, state.arch_params)
-        arch_params = optax.apply_updates(state.arch_params, a_updates)
+        arch_params, a_opt_state = second_order_arch_step(state, a_grads, arch_objective(state.step)[1])
         return train_loss, train_logits, params, w_opt_state, arch_params, a_opt_state, val_logits
 
     def step(state: SearchState, train_batch: Batch, val_batch: Batch):

@@ -202,7 +202,7 @@ def edge_softmax(beta: jax.Array) -> jax.Array:
 
 
 def mixing_weights(arch_weights, part: int, edge_weights=None):
-    """What the cells of a stage read of the architecture, extracted once per forward pass.
+    """What the cells of a stage read of the architecture, extracted once per stage.
 
     For each source node (in ``_OUT_EDGES`` order): the BN scales of its 3x3 and 1x1
     convolutions (each outgoing edge's op weight repeated over its ``part`` channels),
