@@ -144,8 +144,11 @@ def reference_scores(params, images, labels, encoding):
         p64 = jax.tree_util.tree_map(lambda a: jnp.abs(jnp.asarray(a, jnp.float64)), params)
         ones = jnp.ones((1, 8, 8, 3), jnp.float64)
         g = jax.grad(lambda p: jnp.sum(reference_net(p, ones, encoding, False)))(p64)
-        total = sum(float(jnp.sum(jnp.abs(w * d))) for w, d in zip(_weights_only(p64, params), _weights_only(g, params)))
-        out["synflow"] = np.log(total) if total > 0 else -np.inf
+        products = [w * d for w, d in zip(_weights_only(p64, params), _weights_only(g, params))]
+        signed = sum(float(jnp.sum(x)) for x in products)  # Tanaka et al.'s Σ θ ⊙ ∂R/∂θ
+        total = sum(float(jnp.sum(jnp.abs(x))) for x in products)  # zero-cost-nas sums |θ ⊙ ∂R/∂θ|
+        out["synflow"] = np.log(signed) if signed > 0 else -np.inf
+        out["synflow_abs"] = np.log(total) if total > 0 else -np.inf
 
     def loss(p):
         return _ce(reference_net(p, images, encoding, True), labels)
@@ -225,10 +228,14 @@ def reference_zen(params, images, encoding, key, alpha=0.01):
 def test_batched_equals_standalone_network(setup, batched_scores):
     params, images, labels = setup
     assert batched.required_capacity(ARCHS) <= 2  # each op appears at most twice per edge here, so 2 slots suffice
-    got = {name: batched_scores(name) for name in ("synflow", "snip", "grad_norm", "grasp")}
+    got = {name: batched_scores(name) for name in ("synflow", "synflow_abs", "snip", "grad_norm", "grasp")}
+    got["synflow_abs"] = batched_scores("synflow_abs")
     for a, encoding in enumerate(ARCHS):
         want = reference_scores(params, images, labels, encoding)
-        np.testing.assert_allclose(got["synflow"][a], want["synflow"], rtol=0, atol=2e-5)  # logs; float32 rescaled vs float64
+        for name in ("synflow", "synflow_abs"):  # logs; float32 rescaled vs float64
+            np.testing.assert_allclose(got[name][a], want[name], rtol=0, atol=2e-5, err_msg=name)
+        # the two variants differ here (BN in the reduction blocks makes some θ ⊙ ∂R/∂θ negative)
+        assert abs(want["synflow_abs"] - want["synflow"]) > 1e-4
         for name in ("snip", "grad_norm", "grasp"):
             np.testing.assert_allclose(got[name][a], want[name], rtol=2e-4, atol=1e-6, err_msg=name)
 

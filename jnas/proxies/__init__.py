@@ -14,6 +14,7 @@ architectures under ``I`` initialisations and streams the 15,625 cells in chunks
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 from jnas.proxies import activation, counts, gradient
@@ -37,7 +38,10 @@ class Proxy:
 
 
 PROXIES: dict[str, Proxy] = {
-    "synflow": Proxy(gradient.synflow, False, False, "natural log of synflow (all-ones input, |θ|, float64-free rescaling)"),
+    "synflow": Proxy(gradient.synflow, False, False,
+                     "natural log of Σ θ·∂R/∂θ (all-ones input, |θ|, rescaled float32), one forward-mode pass"),
+    "synflow_abs": Proxy(functools.partial(gradient.synflow, exact=True), False, False,
+                         "natural log of Σ |θ·∂R/∂θ| (zero-cost-nas's sum), one backward pass"),
     "snip": Proxy(gradient.snip, True, True, "sum |θ·∂L/∂θ|"),
     "grasp": Proxy(gradient.grasp, True, True, "sum -θ·Hg"),
     "fisher": Proxy(gradient.fisher, True, True, "channel Fisher, broadcast per weight as the reference"),

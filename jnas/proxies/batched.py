@@ -36,7 +36,7 @@ BLOCK = 25
 # by default when inits > 1: synflow (one all-ones image) needs ~12 MB per network at
 # C=16, N=5, so about 12 GB. Proxies that read the batch count each of its images.
 MAX_EVALUATIONS = 1024
-SINGLE_INPUT = frozenset({"synflow", "params", "flops"})  # score one input, whatever the batch
+SINGLE_INPUT = frozenset({"synflow", "synflow_abs", "params", "flops"})  # score one input, whatever the batch
 
 
 def balanced_order() -> np.ndarray:

@@ -114,8 +114,9 @@ class Tape:
     ``codes`` (when set) collects NASWOT's binary ReLU codes per architecture.
     """
 
-    def __init__(self, probes=None, collect_codes: bool = False, weight_scale=None):
+    def __init__(self, probes=None, collect_codes: bool = False, weight_scale=None, forward_mode: bool = False):
         self.probes = probes
+        self.forward_mode = forward_mode  # plain gathers (jvp-able) instead of the custom-VJP ones
         self.weight_scale = weight_scale  # (A,): arch a's weights act as θ·(1 + t_a) (for θ·∇ per arch)
         self.meta: list[LayerMeta] = []
         self.records: list[dict] = []
@@ -272,7 +273,7 @@ def _cell(h0, cell_params, encodings, capacity, variant, tape, inv_scale):
             tape.relu_code(h, convs)
         for edge in out_edges:
             slot_arch, arch_pos = edge_plan(encodings[:, edge], k)
-            groups = to_slots(h, slot_arch, arch_pos)
+            groups = _to_slots_fwd(h, slot_arch, arch_pos)[0] if tape.forward_mode else to_slots(h, slot_arch, arch_pos)
             outs = [jnp.zeros_like(groups[:k]), groups[SKIP * k : SKIP * k + k]]
             for kind, w, b, size in (
                 (CONV1, cell_params["w1"][edge][None, None], cell_params["b1"][edge], 1),
@@ -294,7 +295,9 @@ def _cell(h0, cell_params, encodings, capacity, variant, tape, inv_scale):
                     y = _bn(y, tape=tape, slots=slots)
                 outs.append(y)
             outs.append(_avg_pool_3x3(groups[POOL * k : POOL * k + k]))
-            incoming[space.EDGES[edge][1]].append(from_slots(jnp.concatenate(outs), slot_arch, arch_pos))
+            back = _from_slots_fwd(jnp.concatenate(outs), slot_arch, arch_pos)[0] if tape.forward_mode else \
+                from_slots(jnp.concatenate(outs), slot_arch, arch_pos)
+            incoming[space.EDGES[edge][1]].append(back)
         nodes.append(sum(incoming[i + 1]))
     return nodes[-1]
 
@@ -343,7 +346,8 @@ def _stage(x, log_scale, stage, encodings, capacity, variant, tape, scan: bool):
     def body(carry, xs):
         h, log_s = carry
         cell_params, cell_probes = xs
-        sub = Tape(cell_probes, collect_codes=tape.collect_codes, weight_scale=tape.weight_scale)
+        sub = Tape(cell_probes, collect_codes=tape.collect_codes, weight_scale=tape.weight_scale,
+                   forward_mode=tape.forward_mode)
         inv = jnp.exp(-log_s) if synflow else None
         h = _cell(h, cell_params, encodings, capacity, variant, sub, inv)
         if synflow:
