@@ -8,7 +8,7 @@ earlier one's files of the same name. Writes:
 
 * experiments/results/bench_step_gpu.json   jnas vs PyTorch steps, vmapped forward
 * experiments/results/kernel_gpu.json       the Pallas mixed-op kernel vs XLA
-* experiments/zero_cost/results_{synflow,nwot}_all_gpu.json, results_inits_gpu.json
+* experiments/zero_cost/results_{synflow,nwot}_all_gpu.json, results_inits{,_nwot}_gpu.json
 * experiments/scaling/results_gpu.json
 """
 
@@ -67,6 +67,7 @@ def main(argv: list[str]) -> int:
         "proxy_synflow": HERE / "zero_cost" / "results_synflow_all_gpu.json",
         "proxy_nwot": HERE / "zero_cost" / "results_nwot_all_gpu.json",
         "inits": HERE / "zero_cost" / "results_inits_gpu.json",
+        "inits_nwot": HERE / "zero_cost" / "results_inits_nwot_gpu.json",
         "scaling": HERE / "scaling" / "results_gpu.json",
     }
     for key, path in targets.items():

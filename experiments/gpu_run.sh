@@ -8,7 +8,11 @@
 #
 # Optional: XAUTODL_WHEEL=path/xautodl-1.0.0-py3-none-any.whl adds the PyTorch reference
 # (the GPU's own torch, the NAS-Bench-201 authors' xautodl supernet) on the same GPU.
+# PARTS="step synflow" runs only those parts (default: all of kernel step vmap synflow
+# nwot inits scaling); gpu_merge.py keeps the committed files of the parts not run.
 set -uo pipefail
+PARTS=" ${PARTS:-kernel step vmap synflow nwot inits scaling} "
+want() { [[ "$PARTS" == *" $1 "* ]]; }
 OUT=${OUT:-gpu-out}
 PY=${PY:-python3}
 R=${R:-/tmp/jnas-gpu/r}
@@ -24,10 +28,10 @@ if [ -n "${XAUTODL_WHEEL:-}" ]; then
   $PY -m pip install -q --no-index --no-deps --target /tmp/xsite "$XAUTODL_WHEEL" && X=/tmp/xsite
 fi
 
-part kernel
-timeout 100 $PY experiments/bench_step/kernel_bench.py --reps 10 --inner 50 --out "$R/kernel.json"
+want kernel && part kernel && timeout 100 $PY experiments/bench_step/kernel_bench.py --reps 10 --inner 50 --out "$R/kernel.json"
 
 for order in 1 2; do
+  want step || break
   part "jnas step order $order"
   timeout 150 $PY -m jnas.cli bench step --order "$order" --steps 10 --warmup 2 --json | tee "$R/step$order.json"
   if [ -n "${X:-}" ]; then
@@ -37,26 +41,21 @@ for order in 1 2; do
   fi
 done
 
-part "vmapped forward"
-timeout 90 $PY - <<'EOF' | tee "$R/vmap.json"
+want vmap && part "vmapped forward" && timeout 90 $PY - <<'EOF' | tee "$R/vmap.json"
 import json, sys
 sys.path.insert(0, "experiments/bench_step")
 from compare import vmapped_forward
 print(json.dumps(vmapped_forward(64, 64, 16, 5)))
 EOF
 
-part "synflow, all 15,625 cells"
-timeout 150 $PY experiments/zero_cost/bench_proxies.py --proxy synflow --archs 15625 --chunk 625 --loop-archs 50 \
+want synflow && part "synflow, all 15,625 cells" && timeout 150 $PY experiments/zero_cost/bench_proxies.py --proxy synflow --archs 15625 --chunk 625 --loop-archs 50 \
   --out "$R/proxy_synflow.json"
-part "nwot, all 15,625 cells"
-timeout 150 $PY experiments/zero_cost/bench_proxies.py --proxy nwot --archs 15625 --chunk 625 --loop-archs 50 \
+want nwot && part "nwot, all 15,625 cells" && timeout 150 $PY experiments/zero_cost/bench_proxies.py --proxy nwot --archs 15625 --chunk 625 --loop-archs 50 \
   --batch-size 64 --out "$R/proxy_nwot.json"
-part "synflow, 2048 inits of 32 cells"
-timeout 120 $PY -m jnas.cli score --proxy synflow --archs 32 --inits 2048 --chunk 32 --seed 0 --no-progress \
+want inits && part "synflow, 2048 inits of 32 cells" && timeout 120 $PY -m jnas.cli score --proxy synflow --archs 32 --inits 2048 --chunk 32 --seed 0 --no-progress \
   --out "$R/inits.csv" --nb201-table "$JNAS_NB201_TABLE" --json | tee "$R/inits.json"
 
-part "data-parallel step, 1 real device"
-timeout 90 $PY experiments/scaling/run.py --real --devices 1 --out "$R/scaling.json"
+want scaling && part "data-parallel step, 1 real device" && timeout 90 $PY experiments/scaling/run.py --real --devices 1 --out "$R/scaling.json"
 
 rm -f "$R/inits.csv"
 part done
