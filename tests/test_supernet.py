@@ -86,6 +86,32 @@ def test_conv2d_value_and_grads_match_lax(k, stride, padding, hw):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("k, stride, padding", [(3, 1, 1), (1, 2, 0)])
+def test_gated_conv2d_skips_only_the_filter_gradient(k, stride, padding):
+    """Under ``filter_gradients_when(gate)``: the same value and input gradient; the filter
+    gradient is the ungated one where the run-time gate is true, zeros where it is false."""
+    x = jnp.asarray(_rand(0, (2, 8, 8, 3)), jnp.float32)
+    w = jnp.asarray(_rand(1, (k, k, 3, 4)), jnp.float32)
+
+    def loss(a, b):
+        return jnp.sum(jnp.sin(ops.conv2d(a, b, stride, padding)))
+
+    def gated(a, b, gate):
+        with ops.filter_gradients_when(gate):
+            return jax.value_and_grad(loss, argnums=(0, 1))(a, b)
+
+    value, (dx, dw) = jax.value_and_grad(loss, argnums=(0, 1))(x, w)
+    assert float(jnp.max(jnp.abs(dw))) > 0
+    run = jax.jit(gated)
+    for gate in (True, False):
+        got_value, (got_dx, got_dw) = run(x, w, jnp.asarray(gate))
+        np.testing.assert_allclose(got_value, value, rtol=1e-6)
+        np.testing.assert_allclose(got_dx, dx, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got_dw, dw if gate else np.zeros_like(dw), rtol=1e-5, atol=1e-6)
+    # after the traced block, conv2d is ungated again
+    np.testing.assert_allclose(jax.grad(loss, argnums=1)(x, w), dw, rtol=1e-6)
+
+
 # --------------------------------------------------------------------------- pooling, BN
 
 

@@ -20,6 +20,8 @@ Layout is NHWC throughout. Two choices here are deliberate and measured
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 
 import jax
@@ -57,9 +59,37 @@ def _filter_grad(x, g, kh, kw, stride, padding):
     return dw.transpose(1, 2, 0, 3)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+_FILTER_GRAD_GATE = contextvars.ContextVar("jnas_filter_grad_gate", default=None)
+
+
+@contextlib.contextmanager
+def filter_gradients_when(gate):
+    """Traced inside this block, :func:`conv2d`'s VJP forms its filter gradient only when ``gate``.
+
+    ``gate`` is a boolean scalar array (a tracer of the function being traced); where it
+    is false at run time the filter gradients are zeros and their convolutions are
+    skipped (``lax.cond``), while input gradients are always formed. This lets one
+    compiled gradient pass serve both full gradients and gradients whose weight part is
+    discarded (the finite-difference passes of order-2 DARTS), instead of compiling a
+    second, α-only pass. Only the supernets' own ``conv2d`` calls are gated.
+    """
+    token = _FILTER_GRAD_GATE.set(gate)
+    try:
+        yield
+    finally:
+        _FILTER_GRAD_GATE.reset(token)
+
+
 def conv2d(x, w, stride: int = 1, padding: int = 0):
     """2-D convolution, NHWC input, HWIO kernel, no bias; input gradient by a plain convolution (module doc)."""
+    gate = _FILTER_GRAD_GATE.get()
+    if gate is None:
+        return _conv2d(x, w, stride, padding)
+    return _gated_conv2d(x, w, gate, stride, padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv2d(x, w, stride, padding):
     return _conv(x, w, stride, padding)
 
 
@@ -73,8 +103,13 @@ def _conv2d_bwd(stride, padding, residuals, g):
     # Filter gradient: a convolution over the batch; its operand x is a materialised
     # buffer here (see materialize).
     dw = _filter_grad(x, g, kh, kw, stride, padding)
-    # Input gradient: a forward convolution of the (dilated, for stride 2) output
-    # gradient with the spatially flipped, in/out-swapped kernel.
+    return _input_grad(x, w, g, stride, padding), dw
+
+
+def _input_grad(x, w, g, stride, padding):
+    """``dx``: a forward convolution of the (dilated, for stride 2) output gradient with the
+    spatially flipped, in/out-swapped kernel."""
+    kh, kw = w.shape[:2]
     w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
     if stride > 1:
         g = lax.pad(g, jnp.zeros((), g.dtype), ((0, 0, 0), (0, 0, stride - 1), (0, 0, stride - 1), (0, 0, 0)))
@@ -83,11 +118,29 @@ def _conv2d_bwd(stride, padding, residuals, g):
     lo_h, lo_w = kh - 1 - padding, kw - 1 - padding
     hi_h = h + kh - 1 - lo_h - g.shape[1]
     hi_w = wd + kw - 1 - lo_w - g.shape[2]
-    dx = lax.conv_general_dilated(g, w_t, (1, 1), ((lo_h, hi_h), (lo_w, hi_w)), dimension_numbers=_DN)
-    return dx, dw
+    return lax.conv_general_dilated(g, w_t, (1, 1), ((lo_h, hi_h), (lo_w, hi_w)), dimension_numbers=_DN)
 
 
-conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+_conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _gated_conv2d(x, w, gate, stride, padding):
+    return _conv(x, w, stride, padding)
+
+
+def _gated_conv2d_fwd(x, w, gate, stride, padding):
+    return _conv(x, w, stride, padding), (x, w, gate)
+
+
+def _gated_conv2d_bwd(stride, padding, residuals, g):
+    x, w, gate = residuals
+    kh, kw = w.shape[:2]
+    dw = lax.cond(gate, lambda: _filter_grad(x, g, kh, kw, stride, padding), lambda: jnp.zeros_like(w))
+    return _input_grad(x, w, g, stride, padding), dw, None
+
+
+_gated_conv2d.defvjp(_gated_conv2d_fwd, _gated_conv2d_bwd)
 
 
 def batch_norm(x, scale=None, bias=None):
