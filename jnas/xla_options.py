@@ -35,8 +35,8 @@ CPU_COMPILER_OPTIONS = {_YNN_FLAG: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_F
 @functools.lru_cache(maxsize=None)
 def _accepted(backend: str) -> bool:
     try:
-        jax.jit(jnp.negative, backend=backend, compiler_options=CPU_COMPILER_OPTIONS).lower(
-            jax.ShapeDtypeStruct((2,), jnp.float32)).compile()
+        probe = jax.device_put(jnp.zeros((2,), jnp.float32), jax.local_devices(backend=backend)[0])
+        jax.jit(jnp.negative, compiler_options=CPU_COMPILER_OPTIONS).lower(probe).compile()
     except Exception as err:  # noqa: BLE001 - any rejection means: compile without the option
         warnings.warn(f"jnas.xla_options: this XLA rejects {CPU_COMPILER_OPTIONS} ({err}); "
                       "compiling with XLA's defaults", RuntimeWarning, stacklevel=3)
