@@ -71,7 +71,9 @@ def filter_gradients_when(gate):
     skipped (``lax.cond``), while input gradients are always formed. This lets one
     compiled gradient pass serve both full gradients and gradients whose weight part is
     discarded (the finite-difference passes of order-2 DARTS), instead of compiling a
-    second, α-only pass. Only the supernets' own ``conv2d`` calls are gated.
+    second, α-only pass. Only the supernets' own ``conv2d`` calls are gated. The gate is
+    read when ``conv2d`` is traced: keep separately jitted functions out of the path from
+    the block to ``conv2d`` (their cached traces would not see the gate, or would hold it).
     """
     token = _FILTER_GRAD_GATE.set(gate)
     try:
