@@ -261,8 +261,14 @@ def edge_plan(op, capacity):
     return slot_arch, op * capacity + rank
 
 
+def _plain(gather):
+    return lambda x, slot_arch, arch_pos: gather(x, slot_arch, arch_pos)[0]
+
+
 def _cell(h0, cell_params, encodings, capacity, variant, tape, inv_scale):
     num = h0.shape[0]
+    # forward-mode differentiation (synflow's jvp) cannot go through the custom-VJP gathers
+    gather_in, gather_out = (_plain(_to_slots_fwd), _plain(_from_slots_fwd)) if tape.forward_mode else (to_slots, from_slots)
     k = capacity
     nodes = [h0]
     incoming = {j: [] for j in range(1, space.NUM_NODES)}
@@ -273,7 +279,7 @@ def _cell(h0, cell_params, encodings, capacity, variant, tape, inv_scale):
             tape.relu_code(h, convs)
         for edge in out_edges:
             slot_arch, arch_pos = edge_plan(encodings[:, edge], k)
-            groups = _to_slots_fwd(h, slot_arch, arch_pos)[0] if tape.forward_mode else to_slots(h, slot_arch, arch_pos)
+            groups = gather_in(h, slot_arch, arch_pos)
             outs = [jnp.zeros_like(groups[:k]), groups[SKIP * k : SKIP * k + k]]
             for kind, w, b, size in (
                 (CONV1, cell_params["w1"][edge][None, None], cell_params["b1"][edge], 1),
@@ -295,9 +301,7 @@ def _cell(h0, cell_params, encodings, capacity, variant, tape, inv_scale):
                     y = _bn(y, tape=tape, slots=slots)
                 outs.append(y)
             outs.append(_avg_pool_3x3(groups[POOL * k : POOL * k + k]))
-            back = _from_slots_fwd(jnp.concatenate(outs), slot_arch, arch_pos)[0] if tape.forward_mode else \
-                from_slots(jnp.concatenate(outs), slot_arch, arch_pos)
-            incoming[space.EDGES[edge][1]].append(back)
+            incoming[space.EDGES[edge][1]].append(gather_out(jnp.concatenate(outs), slot_arch, arch_pos))
         nodes.append(sum(incoming[i + 1]))
     return nodes[-1]
 
