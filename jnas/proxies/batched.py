@@ -33,8 +33,9 @@ from jnas.supernet import nb201 as supernet
 
 BLOCK = 25
 # Network-images (architectures x inits x images per network) one compiled call evaluates
-# by default when inits > 1: synflow (one all-ones image) needs ~12 MB per network at
-# C=16, N=5, so about 12 GB. Proxies that read the batch count each of its images.
+# by default when inits > 1: synflow's backward form (`synflow_abs`, one all-ones image)
+# needs ~12 MB per network at C=16, N=5, so about 12 GB (the forward-mode `synflow`
+# stores no activations and needs less). Proxies that read the batch count each image.
 MAX_EVALUATIONS = 1024
 SINGLE_INPUT = frozenset({"synflow", "synflow_abs", "params", "flops"})  # score one input, whatever the batch
 

@@ -70,9 +70,9 @@ class SupernetConfig:
       in_channels: image channels (1 or 3).
       image_size: image height = width (e.g. 28 or 32; 8 for the digits demo).
       scan_cells: run each stage's identical cells under ``lax.scan``: the DARTS step
-        compiles faster (about 9 / 11 s at order 1 / 2 instead of 16 / 20-22 s on the
-        2-core CPU) and runs slower (1.47 vs 1.1 s, 3.07 vs 2.7 s per step; the loop stacks
-        every residual; README, Speed).
+        compiles faster and runs slower (the loop stacks every residual). Measured on the
+        2-core CPU in one run (README, Speed): 13.7 / 13.2 s compile at order 1 / 2 instead
+        of 20.4 / 21.1 s unrolled, 2.66 / 6.19 s per step instead of 1.86 / 4.70 s.
       partial_channels: PC-DARTS's K: a 1/K slice of channels goes through the cell ops
         (1: plain DARTS). Must divide ``channels``.
     """
