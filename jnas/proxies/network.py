@@ -6,13 +6,13 @@ arithmetic of an average discrete cell. This module evaluates a batch of ``A``
 architectures (encodings ``(A, 6)``, arrays, so one compiled function serves every
 architecture) with an explicit architecture axis on every activation, ``(A, B, H, W, C)``:
 
-* on each edge, the architectures are gathered into five groups of ``capacity`` slots,
-  one per op (``jnp.nonzero(op == o, size=capacity)``); each group gets only its op
-  (the conv groups that edge's kernel), and every architecture's result is gathered back
-  from its slot. Unfilled slots hold zeros and are never read back. Both gathers have
-  gathers as transposes (:func:`to_slots`, :func:`from_slots`), never scatter-adds.
-  With ``capacity = A / 5`` (what the balanced chunks of ``jnas.proxies.batched`` give)
-  no unchosen op is computed at all;
+* on each edge, the architectures are gathered into four groups of ``capacity`` slots,
+  one per op other than ``none`` (``jnp.nonzero(op == o, size=capacity)``); each group
+  gets only its op (the conv groups that edge's kernel), and every architecture's result
+  is gathered back from its slot (``none``'s architectures read zeros: they need no
+  slot). Both gathers have gathers as transposes (:func:`to_slots`, :func:`from_slots`),
+  never scatter-adds. With ``capacity = A / 5`` (what the balanced chunks of
+  ``jnas.proxies.batched`` give) no unchosen op is computed at all;
 * every weight layer's output passes through a :class:`Tape`, which can add a zero
   *probe* to it: the gradient with respect to the probe is the layer's output gradient
   for every architecture slot separately, so per-architecture weight gradients
@@ -227,7 +227,7 @@ def _to_slots_fwd(x, slot_arch, arch_pos):  # a plain gather, so jvp can trace i
 
 def _to_slots_bwd(res, g):
     slot_arch, arch_pos = res
-    return jnp.take(g, arch_pos, axis=0), None, None
+    return g.at[arch_pos].get(mode="fill", fill_value=0), None, None
 
 
 to_slots.defvjp(_to_slots_fwd, _to_slots_bwd)
@@ -235,12 +235,12 @@ to_slots.defvjp(_to_slots_fwd, _to_slots_bwd)
 
 @jax.custom_vjp
 def from_slots(y, slot_arch, arch_pos):
-    """``y[arch_pos]``: each architecture's result back from its slot (transpose of :func:`to_slots`)."""
+    """``y[arch_pos]``: each architecture's result back from its slot (zeros past the end: ``none``)."""
     return _from_slots_fwd(y, slot_arch, arch_pos)[0]
 
 
 def _from_slots_fwd(y, slot_arch, arch_pos):  # a plain gather, as above
-    return jnp.take(y, arch_pos, axis=0), (slot_arch, arch_pos)
+    return y.at[arch_pos].get(mode="fill", fill_value=0), (slot_arch, arch_pos)
 
 
 def _from_slots_bwd(res, g):
@@ -252,13 +252,34 @@ from_slots.defvjp(_from_slots_fwd, _from_slots_bwd)
 
 
 def edge_plan(op, capacity):
-    """Slots of one edge: ``slot_arch`` ``(5 K,)`` (op ``o`` owns slots ``o K .. o K + K - 1``;
-    unfilled ones hold ``A``) and ``arch_pos`` ``(A,)``, the slot of every architecture."""
+    """Slots of one edge: ``slot_arch`` ``(4 K,)`` and ``arch_pos`` ``(A,)``, the slot of every architecture.
+
+    Ops skip, conv 1x1, conv 3x3 and avg-pool own ``K`` slots each (op ``o`` the slots
+    ``(o - 1) K .. o K - 1``; unfilled ones hold ``A``). ``none`` owns no slot: its
+    architectures point one past the end (``4 K``), which reads as zeros, so any number of
+    architectures may choose ``none`` on an edge without costing a slot.
+    """
     num = op.shape[0]
-    slot_arch = jnp.concatenate([jnp.nonzero(op == o, size=capacity, fill_value=num)[0] for o in range(space.NUM_OPS)])
+    slot_arch = jnp.concatenate([jnp.nonzero(op == o, size=capacity, fill_value=num)[0] for o in range(1, space.NUM_OPS)])
     onehot = (op[:, None] == jnp.arange(space.NUM_OPS)).astype(jnp.int32)
     rank = jnp.take_along_axis(jnp.cumsum(onehot, axis=0), op[:, None], axis=1)[:, 0] - 1
-    return slot_arch, op * capacity + rank
+    none = space.OPS.index("none")
+    return slot_arch, jnp.where(op == none, (space.NUM_OPS - 1) * capacity, (op - 1) * capacity + rank)
+
+
+def _first_slot(op, capacity):
+    """First slot of op ``op``'s group (``none`` has none: see :func:`edge_plan`)."""
+    return (op - 1) * capacity
+
+
+def normalize_capacity(capacity) -> tuple[int, ...]:
+    """Slots per (edge, op) as a tuple over the 6 edges (from one int or 6)."""
+    if isinstance(capacity, (int, np.integer)):
+        return (int(capacity),) * space.NUM_EDGES
+    capacity = tuple(int(c) for c in capacity)
+    if len(capacity) != space.NUM_EDGES or min(capacity) < 1:
+        raise ValueError(f"capacity must be a positive int or {space.NUM_EDGES} positive ints, got {capacity}")
+    return capacity
 
 
 def _plain(gather):
@@ -269,7 +290,6 @@ def _cell(h0, cell_params, encodings, capacity, variant, tape, inv_scale):
     num = h0.shape[0]
     # forward-mode differentiation (synflow's jvp) cannot go through the custom-VJP gathers
     gather_in, gather_out = (_plain(_to_slots_fwd), _plain(_from_slots_fwd)) if tape.forward_mode else (to_slots, from_slots)
-    k = capacity
     nodes = [h0]
     incoming = {j: [] for j in range(1, space.NUM_NODES)}
     for i, out_edges in enumerate(OUT_EDGES):
@@ -278,15 +298,17 @@ def _cell(h0, cell_params, encodings, capacity, variant, tape, inv_scale):
             convs = sum(((encodings[:, e] == CONV1) | (encodings[:, e] == CONV3)).astype(h.dtype) for e in out_edges)
             tape.relu_code(h, convs)
         for edge in out_edges:
+            k = capacity[edge]
             slot_arch, arch_pos = edge_plan(encodings[:, edge], k)
             groups = gather_in(h, slot_arch, arch_pos)
-            outs = [jnp.zeros_like(groups[:k]), groups[SKIP * k : SKIP * k + k]]
+            outs = [groups[_first_slot(SKIP, k) : _first_slot(SKIP, k) + k]]
             for kind, w, b, size in (
                 (CONV1, cell_params["w1"][edge][None, None], cell_params["b1"][edge], 1),
                 (CONV3, cell_params["w3"][edge], cell_params["b3"][edge], 3),
             ):
-                slots = slot_arch[kind * k : kind * k + k]
-                x = jax.nn.relu(groups[kind * k : kind * k + k])
+                first = _first_slot(kind, k)
+                slots = slot_arch[first : first + k]
+                x = jax.nn.relu(groups[first : first + k])
                 bias = b if inv_scale is None else b * _bcast(inv_scale.at[slots].get(mode="fill", fill_value=0), x[..., :1])
 
                 def compute(x=x, w=w, size=size):
@@ -300,7 +322,7 @@ def _cell(h0, cell_params, encodings, capacity, variant, tape, inv_scale):
                 if variant == "bn":
                     y = _bn(y, tape=tape, slots=slots)
                 outs.append(y)
-            outs.append(_avg_pool_3x3(groups[POOL * k : POOL * k + k]))
+            outs.append(_avg_pool_3x3(groups[_first_slot(POOL, k) : _first_slot(POOL, k) + k]))
             incoming[space.EDGES[edge][1]].append(gather_out(jnp.concatenate(outs), slot_arch, arch_pos))
         nodes.append(sum(incoming[i + 1]))
     return nodes[-1]
@@ -390,9 +412,10 @@ def apply(params, images, encodings, config: supernet.SupernetConfig, *, variant
       encodings: ``(A, 6)`` int op indices.
       config: shapes (``cells`` must match ``params``).
       variant: ``"bn"`` or ``"synflow"`` (see the module docstring).
-      capacity: slots per (edge, op); at least the largest number of architectures
-        choosing one op on one edge (``batched.required_capacity``), else results are wrong.
-        ``None``: ``A`` (always correct, no saving).
+      capacity: slots per (edge, op): an int for every edge or one per edge (6); at least
+        the largest number of architectures choosing one op other than ``none`` on that
+        edge (``batched.required_capacity``), else results are wrong. ``None``: ``A``
+        (always correct, no saving).
       tape: records weight layers (probes, NASWOT codes, BN statistics).
       features_only: return the pre-pooling feature map (after the head's BN+ReLU).
 
@@ -406,7 +429,7 @@ def apply(params, images, encodings, config: supernet.SupernetConfig, *, variant
     if images.ndim != 5 or images.shape[0] not in (1, num):
         raise ValueError(f"images must be (A, B, H, W, C) or (1, B, H, W, C) for A={num} architectures, "
                          f"got shape {tuple(images.shape)}")
-    capacity = num if capacity is None else int(capacity)
+    capacity = normalize_capacity(num if capacity is None else capacity)
     tape = tape if tape is not None else Tape()
     synflow = variant == "synflow"
     stem = params["stem"]
