@@ -453,3 +453,92 @@ def test_apply_rejects_images_without_a_matching_architecture_axis():
         network.apply(params, jnp.zeros((2, 8, 8, 3)), encodings, config)
     logits, _ = network.apply(params, jnp.zeros((1, 2, 8, 8, 3)), encodings, config)  # shared input
     assert logits.shape == (3, 2, config.num_classes)
+
+
+# ---------------------------------------------------------------- pruning dead edges
+def test_prune_dead_edges_by_hand():
+    cases = {
+        # node 1 feeds nothing that reaches node 3: edge 0->1 is dead
+        "|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|":
+            "|none~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|",
+        # node 1 is exactly zero: skip / pool out of it output zeros (and node 2 then too)
+        "|none~0|+|skip_connect~0|avg_pool_3x3~1|+|none~0|skip_connect~1|skip_connect~2|":
+            "|none~0|+|skip_connect~0|none~1|+|none~0|none~1|skip_connect~2|",
+        # a conv out of a zero node is kept: conv(0) + bias is not zero (synflow) or not exactly (BN)
+        "|none~0|+|none~0|nor_conv_1x1~1|+|nor_conv_1x1~0|none~1|nor_conv_3x3~2|":
+            "|none~0|+|none~0|nor_conv_1x1~1|+|nor_conv_1x1~0|none~1|nor_conv_3x3~2|",
+    }
+    for arch, want in cases.items():
+        assert space.format_arch(space.prune_dead_edges(space.parse(arch))) == want, arch
+    every = space.all_encodings()
+    pruned = space.prune_dead_edges(every)
+    np.testing.assert_array_equal(space.prune_dead_edges(pruned), pruned)  # a fixed point
+    assert len(np.unique(pruned, axis=0)) == 10_405
+    unchanged = (pruned == every).all(1)
+    assert unchanged[np.asarray(space.encoding_to_code(ARCHS))].tolist() == [True, True, True, True]
+
+
+def test_pruned_architectures_score_as_their_pruned_form(setup):
+    """Every prunable proxy scores an architecture and its pruned form alike; NASWOT does not (so it is not prunable)."""
+    _, images, labels = setup
+    every = np.arange(space.NUM_ARCHS)
+    target = batched.pruned_codes(every)
+    changed = every[target != every]
+    pick = np.random.default_rng(0).choice(changed, 10, replace=False)
+    codes = np.concatenate([pick, target[pick]])
+    names = ["snip", "grasp", "fisher", "jacob_cov", "synflow", "nwot"]
+    assert [PROXIES[n].prunable for n in names] == [True] * 5 + [False]
+    result = batched.score_archs(codes, names, CFG, images=images, labels=labels, chunk=len(codes), prune=False)
+    assert result.networks == len(codes) and not result.pruned
+    for n in names[:-1]:
+        np.testing.assert_allclose(result.scores[n][:10], result.scores[n][10:], rtol=1e-5, err_msg=n)
+    nwot = result.scores["nwot"]
+    assert not np.allclose(nwot[:10], nwot[10:], rtol=1e-3), "pruning should change NASWOT's codes"
+
+
+def _conv_on_zero_node(enc):
+    """Whether a conv edge leaves a node that every path from the input misses (an all-zero node)."""
+    zero = {0: False}
+    for node in range(1, space.NUM_NODES):
+        zero[node] = all(enc[e] == 0 or (enc[e] in (1, 4) and zero[src])
+                         for e, (src, dst) in enumerate(space.EDGES) if dst == node)
+    return any(enc[e] in (2, 3) and zero[src] for e, (src, _) in enumerate(space.EDGES))
+
+
+def test_score_archs_scores_each_pruned_cell_once(setup):
+    _, images, labels = setup
+    rng = np.random.default_rng(1)
+    every = np.arange(space.NUM_ARCHS)
+    target = batched.pruned_codes(every)
+    pick = rng.choice(every[target != every], 15, replace=False)
+    codes = rng.permutation(np.concatenate([pick, target[pick], rng.choice(every, 10, replace=False)]))
+    names = ["snip", "synflow"]
+    plain = batched.score_archs(codes, names, CFG, images=images, labels=labels, chunk=len(codes), prune=False)
+    pruned = batched.score_archs(codes, names, CFG, images=images, labels=labels, chunk=10, prune=True)
+    assert pruned.pruned and pruned.networks == len(np.unique(batched.pruned_codes(codes))) < len(codes)
+    # Cells with a conv out of an all-zero node normalise a constant (conv(0) + bias): in
+    # float32 their scores move with the chunk they run in (rounding times 1/sqrt(eps)),
+    # pruned or not; every other cell agrees to rounding.
+    steady = np.array([not _conv_on_zero_node(e) for e in np.asarray(space.code_to_encoding(codes))])
+    assert 0 < steady.sum() < len(codes)
+    for n in names:
+        np.testing.assert_allclose(pruned.scores[n][steady], plain.scores[n][steady], rtol=1e-5, err_msg=n)
+        np.testing.assert_allclose(pruned.scores[n], plain.scores[n], rtol=1e-2, err_msg=n)
+    # a proxy that is not prunable turns pruning off for the whole call
+    assert not batched.score_archs(codes[:2], ["snip", "params"], CFG, images=images, labels=labels).pruned
+
+
+def test_pack_chunks_places_every_code_once_within_the_slot_bound():
+    codes = np.unique(batched.pruned_codes(np.arange(space.NUM_ARCHS)))
+    rows, source = batched.pack_chunks(codes, 50)
+    assert len(rows) % 50 == 0
+    assert sorted(source[source >= 0].tolist()) == list(range(len(codes)))
+    np.testing.assert_array_equal(rows[source >= 0], codes[source[source >= 0]])
+    assert (rows[source < 0] == 0).all()  # padding: the all-none cell, which takes no slot
+    enc = np.asarray(space.code_to_encoding(codes))
+    share = np.stack([(enc == op).sum(0) for op in range(1, space.NUM_OPS)]).max(0) / len(codes)
+    bound = np.ceil(50 * share)
+    for start in range(0, len(rows), 50):
+        assert (np.asarray(batched.required_capacity(np.asarray(space.code_to_encoding(rows[start:start + 50])),
+                                                     per_edge=True)) <= bound).all()
+    assert len(rows) // 50 <= -(-len(codes) // 50) + 5  # only a few chunks more than a perfect packing

@@ -42,6 +42,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--nb201-table", default=None, help="NAS-Bench-201 CSV: add the official index and correlations")
     p.add_argument("--json", action="store_true", help="print one JSON object with the figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-prune", action="store_true",
+                   help="evaluate every architecture's network, even those that prune to one already scored "
+                        "(by default each distinct pruned cell is scored once when every proxy allows it)")
     add_device_arguments(p, "split the architectures of every call over all (or the first N) devices, "
                             "--chunk on each")
     p.set_defaults(run=run)
@@ -188,7 +191,7 @@ def run(args) -> int:
     primary = parallel.is_primary()
     result = score_archs(codes, proxies, config, images=images, labels=labels, inits=args.inits, seed=args.seed,
                          chunk=args.chunk, init_chunk=args.init_chunk,
-                         progress=not args.no_progress and primary, devices=devices)
+                         progress=not args.no_progress and primary, devices=devices, prune=not args.no_prune)
     if not primary:
         return 0  # every process holds the same scores; process 0 writes and prints them
     write_scores_csv(out, result, proxies, table)
@@ -196,7 +199,7 @@ def run(args) -> int:
     summary = {
         "n_archs": n, "inits": args.inits, "seconds": result.seconds, "compile_seconds": result.compile_seconds,
         "archs_per_s": n / result.seconds, "chunk": result.chunk, "init_chunk": result.init_chunk,
-        "capacity": result.capacity, "devices": result.devices, "dataset": args.dataset, "batch_size": args.batch_size,
+        "capacity": result.capacity, "networks": result.networks, "pruned": result.pruned, "devices": result.devices, "dataset": args.dataset, "batch_size": args.batch_size,
         "out": str(out),
     }
     if table is not None:
@@ -209,6 +212,7 @@ def run(args) -> int:
               f"({n / result.seconds:.1f} archs/s); wrote {out}")
         for name, c in summary.get("proxies", {}).items():
             print(f"{name}: spearman {c['spearman']:.3f}, kendall {c['kendall']:.3f}")
-    print(f"compile {result.compile_seconds:.1f} s, chunk {result.chunk}, capacity {result.capacity}, "
+    print(f"compile {result.compile_seconds:.1f} s, {result.networks} networks for {n} architectures, "
+          f"chunk {result.chunk}, capacity {result.capacity}, "
           f"devices {result.devices}", file=sys.stderr)
     return 0

@@ -51,10 +51,62 @@ def balanced_order() -> np.ndarray:
     return np.concatenate(codes)
 
 
-def required_capacity(encodings: np.ndarray) -> int:
-    """Largest number of architectures choosing one op on one edge (the slots each op needs)."""
-    enc = np.asarray(encodings)
-    return max(1, int(max((enc == op).sum(0).max() for op in range(space.NUM_OPS))))
+def required_capacity(encodings: np.ndarray, per_edge: bool = False):
+    """Largest number of architectures choosing one op other than ``none`` on one edge (the slots each op needs).
+
+    ``per_edge=True``: one such count per edge (a tuple of 6), what the evaluator accepts too.
+    """
+    enc = np.asarray(encodings).reshape(-1, space.NUM_EDGES)
+    counts = np.stack([(enc == op).sum(0) for op in range(1, space.NUM_OPS)]).max(0)  # (6,)
+    if per_edge:
+        return tuple(int(max(1, c)) for c in counts)
+    return max(1, int(counts.max()))
+
+
+def prunable(proxies) -> bool:
+    """Whether every proxy in ``proxies`` scores an architecture as its pruned form (``Proxy.prunable``)."""
+    return all(PROXIES[name].prunable for name in proxies)
+
+
+def pruned_codes(codes: np.ndarray) -> np.ndarray:
+    """Base-5 codes of ``codes`` with their dead edges set to ``none`` (:func:`jnas.spaces.nb201.prune_dead_edges`)."""
+    enc = np.asarray(space.code_to_encoding(np.asarray(codes)))
+    return np.asarray(space.encoding_to_code(space.prune_dead_edges(enc)), np.int64)
+
+
+def pack_chunks(codes: np.ndarray, chunk: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Codes laid out in chunks of ``chunk`` with few slots per (edge, op): ``(rows, source)``.
+
+    Pruned sets are not balanced like :func:`balanced_order` (an edge into the output node
+    is rarely dead, so its four other ops are each chosen by ~25 % of the distinct
+    pruned cells instead of 20 %). A greedy first-fit fills each chunk with architectures
+    that keep every (edge, op) count within ``ceil(chunk * f_e)``, ``f_e`` the largest
+    share of one op on edge ``e`` over the whole set; what does not fit goes on to the
+    next chunk. Chunks are padded with the all-``none`` cell (code 0), which takes no
+    slot. ``rows`` ``(n_chunks * chunk,)`` are the codes to evaluate, ``source`` the
+    index into ``codes`` of each row (-1 for padding).
+    """
+    codes = np.asarray(codes, np.int64)
+    enc = np.asarray(space.code_to_encoding(codes))
+    share = np.stack([(enc == op).sum(0) for op in range(1, space.NUM_OPS)]).max(0) / len(codes)
+    caps = np.maximum(1, np.ceil(chunk * share - 1e-9)).astype(int)
+    remaining = np.random.default_rng(seed).permutation(len(codes))
+    rows, source = [], []
+    while len(remaining):
+        counts = np.zeros((space.NUM_EDGES, space.NUM_OPS), int)
+        members, rest = [], []
+        for i in remaining:
+            ops_i = enc[i]
+            if len(members) < chunk and all(o == 0 or counts[e, o] < caps[e] for e, o in enumerate(ops_i)):
+                members.append(i)
+                counts[np.arange(space.NUM_EDGES), ops_i] += 1
+            else:
+                rest.append(i)
+        pad = chunk - len(members)
+        rows.append(np.concatenate([codes[members], np.zeros(pad, np.int64)]))
+        source.append(np.concatenate([np.asarray(members, np.int64), -np.ones(pad, np.int64)]))
+        remaining = np.asarray(rest, np.int64)
+    return np.concatenate(rows), np.concatenate(source)
 
 
 @functools.lru_cache(maxsize=32)
@@ -101,16 +153,22 @@ def make_sharded_scorer(proxies: tuple[str, ...], config: supernet.SupernetConfi
 
 @dataclasses.dataclass
 class ScoreResult:
-    """Scores of ``n`` architectures: ``scores[name]`` is ``(n, inits)`` float64, rows in ``codes`` order."""
+    """Scores of ``n`` architectures: ``scores[name]`` is ``(n, inits)`` float64, rows in ``codes`` order.
+
+    ``networks``: how many distinct networks were evaluated (fewer than ``n`` when dead
+    edges were pruned, see :func:`score_archs`); ``capacity``: slots per op on each edge.
+    """
 
     codes: np.ndarray
     scores: dict[str, np.ndarray]
     seconds: float
     compile_seconds: float
     chunk: int
-    capacity: int
+    capacity: tuple[int, ...]
     init_chunk: int = 1
     devices: int = 1
+    networks: int = 0
+    pruned: bool = False
 
 
 def plan_chunks(codes: np.ndarray, chunk: int):
@@ -125,9 +183,23 @@ def plan_chunks(codes: np.ndarray, chunk: int):
     return chunks
 
 
+def _layout(codes, chunk, n_devices, pack: bool):
+    """``(rows, source)``: codes to evaluate in calls of ``chunk * n_devices``, and each row's index into ``codes`` (-1: padding)."""
+    if pack:
+        rows, source = pack_chunks(codes, chunk)
+        per_call = chunk * n_devices
+        extra = -len(rows) % per_call  # whole calls: pad with all-`none` chunks
+        return np.concatenate([rows, np.zeros(extra, np.int64)]), np.concatenate([source, -np.ones(extra, np.int64)])
+    rows, source = [], []
+    for start, (part, valid) in zip(range(0, len(codes), chunk * n_devices), plan_chunks(codes, chunk * n_devices)):
+        rows.append(part)
+        source.append(np.where(np.arange(len(part)) < valid, start + np.arange(len(part)), -1))
+    return np.concatenate(rows), np.concatenate(source)
+
+
 def score_archs(codes, proxies, config: supernet.SupernetConfig, *, images, labels, inits: int = 1, seed: int = 0,
-                chunk: int = 125, init_chunk: int | None = None, capacity: int | None = None,
-                progress: bool = False, devices: str | int | None = None) -> ScoreResult:
+                chunk: int = 125, init_chunk: int | None = None, capacity: int | tuple[int, ...] | None = None,
+                progress: bool = False, devices: str | int | None = None, prune: bool = True) -> ScoreResult:
     """Scores the architectures ``codes`` (base-5 codes) with every proxy in ``proxies``.
 
     Args:
@@ -135,8 +207,8 @@ def score_archs(codes, proxies, config: supernet.SupernetConfig, *, images, labe
       proxies: names from ``PROXIES``.
       config: network shape.
       images, labels: the batch ``(B, H, W, C)``, ``(B,)`` fed to data-dependent proxies.
-      inits: initialisations per architecture (keys split from ``seed``; architecture
-        ``i`` of every chunk sees the same ``inits`` initialisations).
+      inits: initialisations per architecture (keys split from ``seed``; every
+        architecture sees the same ``inits`` initialisations, whatever its chunk).
       chunk: architectures per compiled call (per device, with ``devices``).
       init_chunk: initialisations per compiled call; ``None``: all ``inits`` if
         ``chunk * inits * b <= MAX_EVALUATIONS`` (else ``MAX_EVALUATIONS // (chunk * b)``,
@@ -144,23 +216,35 @@ def score_archs(codes, proxies, config: supernet.SupernetConfig, *, images, labe
         asked for, else 1. Each call evaluates ``chunk * init_chunk`` networks, so this bounds
         memory for thousands of inits; the scores do not depend on it (every init's
         key is split from ``seed`` up front).
-      capacity: conv slots per edge; ``None``: the largest count over all chunks (and
-        over each device's slice of them).
+      capacity: conv slots per op on each edge (an int, or one per edge); ``None``: the
+        largest count over all chunks (and over each device's slice of them).
       progress: tqdm bar on stderr.
       devices: ``None``: one device, no mesh; ``"all"`` or N: split every call's
         architectures over that many devices (:func:`jnas.parallel.make_mesh`), ``chunk``
         on each. The scores equal one device's: nwot exactly, the gradient-based proxies
         up to float32 rounding (XLA may fuse a smaller batch of architectures differently).
+      prune: evaluate each distinct *pruned* cell once (edges that cannot change the
+        output set to ``none``, :func:`jnas.spaces.nb201.prune_dead_edges`) and give its
+        score to every architecture that prunes to it, when every proxy asked for allows
+        it (``Proxy.prunable``); the whole space has 10,405 distinct pruned cells. The
+        scores are the unpruned networks' (equal in float32 in the tests). Ignored when
+        ``capacity`` is given (pruned sets are packed by :func:`pack_chunks`, which sets it).
     """
     codes = np.asarray(codes, np.int64)
     mesh = None if devices is None else parallel.make_mesh(devices)
     n_devices = 1 if mesh is None else mesh.devices.size
-    chunk = max(1, min(int(chunk), -(-len(codes) // n_devices)))
-    chunks = plan_chunks(codes, chunk * n_devices)
-    encs = [np.asarray(space.code_to_encoding(part)) for part, _ in chunks]
+    pruning = prune and capacity is None and prunable(proxies)
+    if pruning:
+        distinct, back = np.unique(pruned_codes(codes), return_inverse=True)
+    else:
+        distinct, back = codes, np.arange(len(codes))
+    chunk = max(1, min(int(chunk), -(-len(distinct) // n_devices)))
+    rows, source = _layout(distinct, chunk, n_devices, pack=pruning)
+    per_call = chunk * n_devices
+    encs = [np.asarray(space.code_to_encoding(rows[i : i + per_call])) for i in range(0, len(rows), per_call)]
     if capacity is None:  # each device routes only its own `chunk` rows
-        capacity = max(required_capacity(rows) for e in encs for rows in np.split(e, n_devices))
-    capacity = min(int(capacity), chunk)
+        capacity = tuple(np.max([required_capacity(part, per_edge=True) for e in encs for part in np.split(e, n_devices)], 0))
+    capacity = tuple(min(c, chunk) for c in network.normalize_capacity(capacity))
     if mesh is None:
         scorer = make_scorer(tuple(proxies), config, capacity)
     else:
@@ -185,41 +269,41 @@ def score_archs(codes, proxies, config: supernet.SupernetConfig, *, images, labe
         key_chunks.append((whole(keys[idx]), slice(begin, begin + width)))
     images = whole(np.asarray(images, np.float32))
     labels = whole(np.asarray(labels, np.int32))
-    out = {name: np.empty((len(codes), inits)) for name in proxies}
+    found = {name: np.empty((len(distinct), inits)) for name in proxies}
 
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(codes), unit="arch", desc="scoring", leave=False)
+        bar = tqdm(total=len(distinct), unit="net", desc="scoring", leave=False)
     start = time.perf_counter()
     compile_seconds = 0.0
     pending = None
-    position = 0
-    calls = [(c, k) for c in range(len(chunks)) for k in range(len(key_chunks))]
+    calls = [(c, k) for c in range(len(encs)) for k in range(len(key_chunks))]
     for i, (c, k) in enumerate(calls):
         t0 = time.perf_counter()
         result = scorer(key_chunks[k][0], images, labels, split(encs[c]))  # dispatched asynchronously
         if pending is not None:
-            _store(out, pending, bar)
+            _store(found, pending, bar)
         if i == 0:
             jax.block_until_ready(result)
             compile_seconds = time.perf_counter() - t0
-        pending = (result, position, chunks[c][1], key_chunks[k][1], k == len(key_chunks) - 1)
-        position += chunks[c][1] if k == len(key_chunks) - 1 else 0
+        pending = (result, source[c * per_call : (c + 1) * per_call], key_chunks[k][1], k == len(key_chunks) - 1)
     if pending is not None:
-        _store(out, pending, bar)
+        _store(found, pending, bar)
     seconds = time.perf_counter() - start
     if bar is not None:
         bar.close()
+    out = {name: values[back] for name, values in found.items()}
     return ScoreResult(codes=codes, scores=out, seconds=seconds, compile_seconds=compile_seconds, chunk=chunk,
-                       capacity=capacity, init_chunk=init_chunk, devices=n_devices)
+                       capacity=capacity, init_chunk=init_chunk, devices=n_devices, networks=len(distinct), pruned=pruning)
 
 
 def _store(out, pending, bar):
-    result, position, valid, init_slice, last = pending
+    result, source, init_slice, last = pending
     width = init_slice.stop - init_slice.start
+    valid = source >= 0
     for name, values in result.items():
-        out[name][position : position + valid, init_slice] = np.asarray(values, np.float64).T[:valid, :width]
+        out[name][source[valid], init_slice] = np.asarray(values, np.float64).T[valid, :width]
     if bar is not None and last:
-        bar.update(valid)
+        bar.update(int(valid.sum()))

@@ -122,6 +122,49 @@ def code_to_encoding(code) -> jax.Array:
     return (code // powers) % NUM_OPS
 
 
+def prune_dead_edges(encodings) -> np.ndarray:
+    """Encodings ``(..., 6)`` with every edge that cannot change the cell's output set to ``none``.
+
+    Two kinds of edge go, repeatedly until nothing changes (the result is a fixed point):
+
+    * *dead* edges: the target is an intermediate node with no path of non-``none``
+      edges to the output node 3, so the edge's output is never used;
+    * skip and avg-pool edges out of an *exactly zero* node: a node whose every incoming
+      edge is ``none``, or skip/avg-pool from an exactly zero node. They output exact
+      zeros. Convolutions out of such a node are kept: ``conv(0) + bias`` is a constant,
+      and BatchNorm maps it to zero only in exact arithmetic (in float32 the rounding
+      of its mean survives, times ``1/sqrt(eps)``), and without BatchNorm (synflow's
+      network) it is the bias itself.
+
+    A pruned network computes the same function, bit for bit in float32, and every
+    weight it drops has zero gradient; which proxies may score the pruned network in
+    place of the original is ``Proxy.prunable`` in ``jnas.proxies``. 15,625 cells
+    prune to 10,405 distinct ones.
+    """
+    enc = np.array(encodings, dtype=np.int32, copy=True)
+    none = OPS.index("none")
+    passes_zero = np.isin(np.arange(NUM_OPS), [OPS.index("skip_connect"), OPS.index("avg_pool_3x3")])
+    while True:
+        alive = enc != none  # (..., 6)
+        reaches_out = {NUM_NODES - 1: np.ones(enc.shape[:-1], bool)}
+        for node in range(NUM_NODES - 2, 0, -1):
+            reaches_out[node] = np.zeros(enc.shape[:-1], bool)
+            for e, (src, dst) in enumerate(EDGES):
+                if src == node:
+                    reaches_out[node] |= alive[..., e] & reaches_out[dst]
+        zero = {0: np.zeros(enc.shape[:-1], bool)}
+        for node in range(1, NUM_NODES):
+            zero[node] = np.ones(enc.shape[:-1], bool)
+            for e, (src, dst) in enumerate(EDGES):
+                if dst == node:
+                    zero[node] &= ~alive[..., e] | (passes_zero[enc[..., e]] & zero[src])
+        keep = np.stack([reaches_out[dst] & ~(zero[src] & passes_zero[enc[..., e]]) for e, (src, dst) in enumerate(EDGES)], -1)
+        pruned = np.where(keep, enc, none)
+        if np.array_equal(pruned, enc):
+            return enc
+        enc = pruned
+
+
 def all_encodings() -> np.ndarray:
     """All 15,625 encodings, shape ``(15625, 6)``, ordered by base-5 code."""
     return np.asarray(code_to_encoding(jnp.arange(NUM_ARCHS)))
