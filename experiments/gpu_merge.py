@@ -8,7 +8,7 @@ earlier one's files of the same name. Writes:
 
 * experiments/results/bench_step_gpu.json   jnas vs PyTorch steps, vmapped forward
 * experiments/results/kernel_gpu.json       the Pallas mixed-op kernel vs XLA
-* experiments/zero_cost/results_{synflow,nwot}_all_gpu.json, results_inits{,_nwot}_gpu.json
+* experiments/zero_cost/results_<proxy>_all_gpu.json (every proxy_<proxy>.json), results_inits{,_nwot}_gpu.json
 * experiments/scaling/results_gpu.json
 """
 
@@ -70,6 +70,9 @@ def main(argv: list[str]) -> int:
         "inits_nwot": HERE / "zero_cost" / "results_inits_nwot_gpu.json",
         "scaling": HERE / "scaling" / "results_gpu.json",
     }
+    for key in found:  # every bench_proxies.py run over the space: proxy_<name>.json
+        if key.startswith("proxy_"):
+            targets.setdefault(key, HERE / "zero_cost" / f"results_{key[len('proxy_'):]}_all_gpu.json")
     for key, path in targets.items():
         if key in found:
             out[path] = found[key]

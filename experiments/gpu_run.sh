@@ -9,9 +9,10 @@
 # Optional: XAUTODL_WHEEL=path/xautodl-1.0.0-py3-none-any.whl adds the PyTorch reference
 # (the GPU's own torch, the NAS-Bench-201 authors' xautodl supernet) on the same GPU.
 # PARTS="step synflow" runs only those parts (default: all of kernel step vmap synflow
-# nwot inits scaling); gpu_merge.py keeps the committed files of the parts not run.
+# nwot data inits scaling); gpu_merge.py keeps the committed files of the parts not run.
+# DATA_PROXIES="snip:50 ..." picks the data part's proxies and chunk sizes.
 set -uo pipefail
-PARTS=" ${PARTS:-kernel step vmap synflow nwot inits scaling} "
+PARTS=" ${PARTS:-kernel step vmap synflow nwot data inits scaling} "
 want() { [[ "$PARTS" == *" $1 "* ]]; }
 OUT=${OUT:-gpu-out}
 PY=${PY:-python3}
@@ -52,6 +53,16 @@ want synflow && part "synflow, all 15,625 cells" && timeout 150 $PY experiments/
   --out "$R/proxy_synflow.json"
 want nwot && part "nwot, all 15,625 cells" && timeout 150 $PY experiments/zero_cost/bench_proxies.py --proxy nwot --archs 15625 --chunk 625 --loop-archs 50 \
   --batch-size 64 --out "$R/proxy_nwot.json"
+# Data-dependent proxies over the whole space (Gaussian batch of 16, as the CPU rows; each
+# distinct pruned cell scored once): chunk sizes keep the per-slot gradient records in memory.
+for spec in ${DATA_PROXIES:-jacob_cov:125 snip:50 grad_norm:50 fisher:50 grasp:50}; do
+  want data || break
+  proxy=${spec%%:*}; chunk=${spec##*:}
+  part "$proxy, all 15,625 cells (pruned)"
+  timeout "${DATA_LIMIT:-110}" $PY experiments/zero_cost/bench_proxies.py --proxy "$proxy" --archs 15625 --chunk "$chunk" \
+    --loop-archs 25 --batch-size 16 --prune --out "$R/proxy_$proxy.json"
+done
+
 want inits && part "synflow, 2048 inits of 32 cells" && timeout 120 $PY -m jnas.cli score --proxy synflow --archs 32 --inits 2048 --chunk 32 --seed 0 --no-progress \
   --out "$R/inits.csv" --nb201-table "$JNAS_NB201_TABLE" --json | tee "$R/inits.json"
 

@@ -9,7 +9,7 @@ Writes one JSON object: machine, load average before/after, the batched run (sec
 compile seconds, archs/s excluding the first (compiling) chunk, Spearman/Kendall vs
 ``c10_test_acc_200``), and the per-architecture jitted loop (the same scorer compiled
 for one architecture, called once per architecture) on ``--loop-archs`` of them, with
-the ratio of archs/s and the largest relative difference between the loop's scores and
+the ratio of networks evaluated per second (archs/s without ``--prune``) and the largest relative difference between the loop's scores and
 the batched ones (``agrees_with_batched``: within 1e-4). A PNG scatter of score vs
 accuracy is written beside the JSON.
 """
@@ -44,6 +44,9 @@ def main() -> None:
     p.add_argument("--dataset", default="gaussian")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prune", action="store_true",
+                   help="batched run: score each distinct pruned cell once (score_archs(prune=True)); "
+                        "the ratio to the loop is then taken per network evaluated")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -53,32 +56,41 @@ def main() -> None:
     codes = batched.balanced_order()[: args.archs]
     load_before = os.getloadavg()
     result = batched.score_archs(codes, [args.proxy], config, images=images, labels=labels, chunk=args.chunk,
-                                 seed=args.seed, progress=True)
-    steady = (len(codes) - result.chunk) / max(result.seconds - result.compile_seconds, 1e-9)
+                                 seed=args.seed, progress=True, prune=args.prune)
+    # steady state: every call but the first (compiling) one; per network evaluated, and
+    # per architecture scored (more than one per network when pruning merged some)
+    networks_steady = (result.networks - result.chunk) / max(result.seconds - result.compile_seconds, 1e-9)
+    steady = networks_steady * len(codes) / result.networks
     figures = correlations(result, [args.proxy], table)[args.proxy]
 
     loop_codes = codes[: args.loop_archs]
-    first = batched.score_archs(loop_codes[:1], [args.proxy], config, images=images, labels=labels, chunk=1, seed=args.seed)
-    t0 = time.perf_counter()
-    loop = batched.score_archs(loop_codes, [args.proxy], config, images=images, labels=labels, chunk=1, seed=args.seed)
-    loop_seconds = time.perf_counter() - t0
-    loop_rate = len(loop_codes) / loop_seconds
-    alone, together = loop.scores[args.proxy][:, 0], result.scores[args.proxy][: len(loop_codes), 0]
-    agree = np.allclose(alone, together, rtol=1e-4, atol=1e-4, equal_nan=True)
-    finite = np.isfinite(alone) & np.isfinite(together)  # jacob_cov is NaN where no path reaches the input
-    rel_diff = float(np.max(np.abs(alone[finite] - together[finite]) / np.maximum(np.abs(alone[finite]), 1e-12),
-                            initial=0.0))
-    nan_mismatch = int(np.sum(np.isnan(alone) != np.isnan(together)))
+    loop_figures = None
+    if len(loop_codes):  # --loop-archs 0: no loop (its one-architecture compile is skipped too)
+        first = batched.score_archs(loop_codes[:1], [args.proxy], config, images=images, labels=labels, chunk=1,
+                                    seed=args.seed, prune=False)
+        t0 = time.perf_counter()
+        loop = batched.score_archs(loop_codes, [args.proxy], config, images=images, labels=labels, chunk=1,
+                                   seed=args.seed, prune=False)
+        loop_seconds = time.perf_counter() - t0
+        alone, together = loop.scores[args.proxy][:, 0], result.scores[args.proxy][: len(loop_codes), 0]
+        finite = np.isfinite(alone) & np.isfinite(together)  # jacob_cov is NaN where no path reaches the input
+        loop_figures = {
+            "n_archs": len(loop_codes), "seconds": loop_seconds, "archs_per_s": len(loop_codes) / loop_seconds,
+            "compile_seconds": first.compile_seconds,
+            "agrees_with_batched": bool(np.allclose(alone, together, rtol=1e-4, atol=1e-4, equal_nan=True)),
+            "max_relative_difference": float(np.max(np.abs(alone[finite] - together[finite])
+                                                    / np.maximum(np.abs(alone[finite]), 1e-12), initial=0.0)),
+            "finite_scores": int(finite.sum()), "nan_mismatches": int(np.sum(np.isnan(alone) != np.isnan(together))),
+        }
 
     payload = {
         "machine": machine_description(), "load_before": load_before, "load_after": os.getloadavg(),
         "proxy": args.proxy, "dataset": args.dataset, "batch_size": args.batch_size, "n_archs": len(codes),
         "chunk": result.chunk, "capacity": result.capacity, "seconds": result.seconds,
-        "compile_seconds": result.compile_seconds, "archs_per_s_steady": steady, **figures,
-        "loop": {"n_archs": len(loop_codes), "seconds": loop_seconds, "archs_per_s": loop_rate,
-                 "compile_seconds": first.compile_seconds, "agrees_with_batched": bool(agree),
-                 "max_relative_difference": rel_diff, "finite_scores": int(finite.sum()), "nan_mismatches": nan_mismatch},
-        "batched_over_loop": steady / loop_rate,
+        "compile_seconds": result.compile_seconds, "archs_per_s_steady": steady, "pruned": result.pruned,
+        "networks": result.networks, "networks_per_s_steady": networks_steady, **figures,
+        "loop": loop_figures,
+        "batched_over_loop": None if loop_figures is None else networks_steady / loop_figures["archs_per_s"],
         "command": "python experiments/zero_cost/bench_proxies.py " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"),
     }
