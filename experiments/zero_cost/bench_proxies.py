@@ -103,8 +103,13 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 4))
-    ax.scatter(result.scores[args.proxy][:, 0], table["c10_test_acc_200"][codes], s=3, alpha=0.5)
-    ax.set_xlabel(args.proxy + (" (log)" if args.proxy == "synflow" else ""))
+    x = result.scores[args.proxy][:, 0]
+    ax.scatter(x, table["c10_test_acc_200"][codes], s=3, alpha=0.5)
+    positive = x[np.isfinite(x) & (x > 0)]
+    wide = len(positive) > 0.9 * np.isfinite(x).sum() and positive.max() > 100 * np.median(positive)
+    if wide:  # snip, grad_norm, fisher span several decades: a linear axis shows one column
+        ax.set_xscale("log")
+    ax.set_xlabel(args.proxy + (" (log)" if args.proxy == "synflow" else " (log axis)" if wide else ""))
     ax.set_ylabel("NB201 CIFAR-10 test accuracy (200 epochs)")
     ax.set_title(f"{args.proxy}: Spearman {figures['spearman']:.3f} (n={len(codes)})")
     fig.tight_layout()
