@@ -88,7 +88,7 @@ def pack_chunks(codes: np.ndarray, chunk: int, seed: int = 0) -> tuple[np.ndarra
     """
     codes = np.asarray(codes, np.int64)
     enc = np.asarray(space.code_to_encoding(codes))
-    share = np.stack([(enc == op).sum(0) for op in range(1, space.NUM_OPS)]).max(0) / len(codes)
+    share = np.asarray(required_capacity(enc, per_edge=True)) / len(codes)
     caps = np.maximum(1, np.ceil(chunk * share - 1e-9)).astype(int)
     remaining = np.random.default_rng(seed).permutation(len(codes))
     rows, source = [], []

@@ -215,7 +215,7 @@ def _bcast(v, like):
 def to_slots(x, slot_arch, arch_pos):
     """``x[slot_arch]`` (zeros where ``slot_arch`` is past the end): architectures into op groups.
 
-    Every architecture sits in exactly one slot, so the transpose is again a gather
+    Every architecture sits in at most one slot (none in none's), so the transpose is again a gather
     (``g[arch_pos]``), not a scatter-add (slow on XLA's CPU backend).
     """
     return _to_slots_fwd(x, slot_arch, arch_pos)[0]
