@@ -199,8 +199,8 @@ def run(args) -> int:
     summary = {
         "n_archs": n, "inits": args.inits, "seconds": result.seconds, "compile_seconds": result.compile_seconds,
         "archs_per_s": n / result.seconds, "chunk": result.chunk, "init_chunk": result.init_chunk,
-        "capacity": result.capacity, "networks": result.networks, "pruned": result.pruned, "devices": result.devices, "dataset": args.dataset, "batch_size": args.batch_size,
-        "out": str(out),
+        "capacity": result.capacity, "networks": result.networks, "pruned": result.pruned, "devices": result.devices,
+        "dataset": args.dataset, "batch_size": args.batch_size, "out": str(out),
     }
     if table is not None:
         summary["proxies"] = {name: {**c, "n_archs": n, "seconds": result.seconds, "archs_per_s": n / result.seconds}

@@ -215,7 +215,7 @@ def _bcast(v, like):
 def to_slots(x, slot_arch, arch_pos):
     """``x[slot_arch]`` (zeros where ``slot_arch`` is past the end): architectures into op groups.
 
-    Every architecture sits in at most one slot (none in none's), so the transpose is again a gather
+    Every architecture sits in at most one slot (``none``'s in none), so the transpose is again a gather
     (``g[arch_pos]``), not a scatter-add (slow on XLA's CPU backend).
     """
     return _to_slots_fwd(x, slot_arch, arch_pos)[0]
@@ -264,7 +264,7 @@ def edge_plan(op, capacity):
     onehot = (op[:, None] == jnp.arange(space.NUM_OPS)).astype(jnp.int32)
     rank = jnp.take_along_axis(jnp.cumsum(onehot, axis=0), op[:, None], axis=1)[:, 0] - 1
     none = space.OPS.index("none")
-    return slot_arch, jnp.where(op == none, (space.NUM_OPS - 1) * capacity, (op - 1) * capacity + rank)
+    return slot_arch, jnp.where(op == none, (space.NUM_OPS - 1) * capacity, _first_slot(op, capacity) + rank)
 
 
 def _first_slot(op, capacity):
