@@ -36,37 +36,63 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+class StepTimer:
+    """The jitted DARTS search step, compiled, on fresh random batches: time it one step at a time.
+
+    ``compile_s`` is trace + lower + compile; :meth:`step` runs one step (batch creation
+    outside the timed region) and returns its wall time. Another process can interleave
+    its own steps with these (``experiments/bench_step/compare.py`` does, so that both
+    implementations see the same machine load).
+    """
+
+    def __init__(self, *, order: int = 1, batch_size: int = 64, channels: int = 16, cells: int = 5,
+                 image_size: int = 32, in_channels: int = 3, num_classes: int = 10, scan_cells: bool = False,
+                 seed: int = 0, hvp: str = "finite_difference"):
+        net_config = supernet.SupernetConfig(
+            channels=channels, cells=cells, num_classes=num_classes, in_channels=in_channels,
+            image_size=image_size, scan_cells=scan_cells,
+        )
+        search = darts.make_darts(net_config, darts.DartsConfig(order=order, hvp=hvp), total_steps=1000)
+        self._key = jax.random.key(seed)
+        self._shape = (batch_size, image_size, image_size, in_channels)
+        self._num_classes = num_classes
+        self._state = search.init(self._key)
+        t0 = time.perf_counter()
+        self._compiled = xla_options.jit(search.step, donate_argnums=0).lower(
+            self._state, self._batch(0), self._batch(1)).compile()
+        self.compile_s = time.perf_counter() - t0
+        self._metrics = None
+        self._steps = 0
+
+    def _batch(self, i):
+        k = jax.random.fold_in(self._key, i)
+        return darts.Batch(jax.random.normal(k, self._shape),
+                           jax.random.randint(jax.random.fold_in(k, 1), (self._shape[0],), 0, self._num_classes))
+
+    def step(self) -> float:
+        """Runs one step; returns its seconds."""
+        train, val = self._batch(2 * self._steps + 2), self._batch(2 * self._steps + 3)
+        jax.block_until_ready((train, val))
+        t = time.perf_counter()
+        self._state, self._metrics = self._compiled(self._state, train, val)
+        jax.block_until_ready((self._state, self._metrics))
+        self._steps += 1
+        return time.perf_counter() - t
+
+    @property
+    def loss_finite(self) -> bool:
+        return self._metrics is not None and bool(jnp.isfinite(self._metrics["train_loss"]))
+
+
 def bench_step(*, order: int = 1, batch_size: int = 64, channels: int = 16, cells: int = 5,
                image_size: int = 32, in_channels: int = 3, num_classes: int = 10,
                steps: int = 5, warmup: int = 1, scan_cells: bool = False, seed: int = 0,
                hvp: str = "finite_difference") -> dict:
     """Compiles and times the DARTS search step on random data of the given shape."""
-    net_config = supernet.SupernetConfig(
-        channels=channels, cells=cells, num_classes=num_classes, in_channels=in_channels,
-        image_size=image_size, scan_cells=scan_cells,
-    )
-    search = darts.make_darts(net_config, darts.DartsConfig(order=order, hvp=hvp), total_steps=1000)
-    key = jax.random.key(seed)
-    state = search.init(key)
-    shape = (batch_size, image_size, image_size, in_channels)
-
-    def batch(i):
-        k = jax.random.fold_in(key, i)
-        return darts.Batch(jax.random.normal(k, shape), jax.random.randint(jax.random.fold_in(k, 1), (batch_size,), 0, num_classes))
-
-    t0 = time.perf_counter()
-    compiled = xla_options.jit(search.step, donate_argnums=0).lower(state, batch(0), batch(1)).compile()
-    compile_s = time.perf_counter() - t0
-
-    times = []
-    for i in range(warmup + steps):
-        train, val = batch(2 * i + 2), batch(2 * i + 3)
-        jax.block_until_ready((train, val))
-        t = time.perf_counter()
-        state, metrics = compiled(state, train, val)
-        jax.block_until_ready((state, metrics))
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
+    timer = StepTimer(order=order, batch_size=batch_size, channels=channels, cells=cells, image_size=image_size,
+                      in_channels=in_channels, num_classes=num_classes, scan_cells=scan_cells, seed=seed, hvp=hvp)
+    compile_s = timer.compile_s
+    times = [timer.step() for _ in range(warmup + steps)][warmup:]
     median = statistics.median(times)
     return {
         "impl": "jnas",
@@ -84,5 +110,5 @@ def bench_step(*, order: int = 1, batch_size: int = 64, channels: int = 16, cell
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),
         "machine": machine_description(),
-        "loss_finite": bool(jnp.isfinite(metrics["train_loss"])),
+        "loss_finite": timer.loss_finite,
     }

@@ -1,11 +1,15 @@
 """jnas vs the PyTorch reference (xautodl DARTS-V1): one DARTS step, same shapes, same run.
 
-Each measurement runs in its own process (so peak RSS is that configuration's own),
-alternating jnas and PyTorch so that both see the same machine load. Also times the
-vmapped multi-architecture path: the forward of P different discrete cells on one
-batch with shared weights, against a loop over the cells.
+Each implementation runs in its own process (so peak RSS is its own). Both are
+compiled / warmed up first and then stepped *alternately*, one step at a time
+(jnas, PyTorch, PyTorch, jnas, ...), so that both see the same machine load: this
+machine's speed drifts by up to 2x within minutes, and timing one implementation
+after the other moved the ratio from 1.8x to 2.7x for the same code. The ratio is
+the PyTorch median over the jnas median of the interleaved steps; the JSON also keeps
+every pair. Also times the vmapped multi-architecture path: the forward of P
+different discrete cells on one batch with shared weights, against a loop over the cells.
 
-Command (about 10 minutes on a quiet 2-core CPU; needs a Python with torch 2.13 and
+Command (about 15 minutes on a quiet 2-core CPU; needs a Python with torch 2.13 and
 xautodl for the reference, see pytorch_reference.py):
 
     python experiments/bench_step/compare.py --torch-python /path/to/torchvenv/bin/python
@@ -48,12 +52,83 @@ def jnas_step(order: int, args, hvp: str = "finite_difference", scan: bool = Fal
     return run_json(cmd) | {"command": "jnas bench step " + " ".join(cmd[5:])}
 
 
-def torch_step(order: int, args) -> dict:
-    cmd = [args.torch_python, str(HERE / "pytorch_reference.py"), "--order", str(order),
-           "--batch-size", str(args.batch_size), "--channels", str(args.channels), "--cells", str(args.cells),
-           "--image-size", "32", "--in-channels", "3", "--num-classes", "10",
-           "--steps", str(args.steps), "--warmup", "1", "--threads", str(args.threads), "--json"]
-    return run_json(cmd) | {"command": " ".join(["python"] + cmd[1:])}
+class _Server:
+    """A benchmark process that compiles, warms up, prints ``{"ready": ...}``, then runs one timed
+    step per ``step`` line on its stdin (answering ``{"step_s": ...}``) until ``done`` (answering
+    its summary JSON)."""
+
+    def __init__(self, cmd: list[str]):
+        self.cmd = cmd
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.ready = self._read()
+
+    def _read(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                return json.loads(line)
+        raise RuntimeError(f"{' '.join(self.cmd)} exited with {self.proc.wait()} before answering")
+
+    def step(self) -> float:
+        self.proc.stdin.write("step\n")
+        self.proc.stdin.flush()
+        return self._read()["step_s"]
+
+    def finish(self) -> dict:
+        self.proc.stdin.write("done\n")
+        self.proc.stdin.flush()
+        result = self._read()
+        self.proc.wait()
+        return result
+
+
+def serve_jnas(args) -> int:
+    """The jnas side of :func:`interleaved` (``compare.py --serve-jnas``)."""
+    from jnas.bench import StepTimer, peak_rss_mb
+
+    timer = StepTimer(order=args.serve_order, batch_size=args.batch_size, channels=args.channels, cells=args.cells)
+    timer.step()  # warm-up
+    print(json.dumps({"ready": True, "compile_s": timer.compile_s}), flush=True)
+    times = []
+    for line in sys.stdin:
+        if line.strip() == "done":
+            break
+        times.append(timer.step())
+        print(json.dumps({"step_s": times[-1]}), flush=True)
+    print(json.dumps({"impl": "jnas", "order": args.serve_order, "median_step_s": statistics.median(times),
+                      "min_step_s": min(times), "step_times_s": times, "compile_s": timer.compile_s,
+                      "peak_rss_mb": peak_rss_mb(), "images_per_s": 2 * args.batch_size / statistics.median(times),
+                      "loss_finite": timer.loss_finite}), flush=True)
+    return 0
+
+
+def interleaved(order: int, args) -> dict:
+    """jnas and the reference stepped alternately (ABBA order), each in its own process."""
+    shape = ["--batch-size", str(args.batch_size), "--channels", str(args.channels), "--cells", str(args.cells)]
+    jnas = _Server([sys.executable, str(Path(__file__).resolve()), "--serve-jnas", str(order)] + shape)
+    torch_cmd = [args.torch_python, str(HERE / "pytorch_reference.py"), "--order", str(order)] + shape + [
+        "--image-size", "32", "--in-channels", "3", "--num-classes", "10", "--warmup", "1",
+        "--threads", str(args.threads), "--json", "--serve"]
+    torch = _Server(torch_cmd)
+    pairs = []
+    for i in range(args.steps):
+        if i % 2 == 0:
+            t_jnas = jnas.step()
+            t_torch = torch.step()
+        else:
+            t_torch = torch.step()
+            t_jnas = jnas.step()
+        pairs.append([t_jnas, t_torch])
+    jnas_result = jnas.finish() | {"command": "jnas bench step --order %d (stepped by compare.py)" % order}
+    torch_result = torch.finish() | {"command": " ".join(["python"] + torch_cmd[1:])}
+    ratios = [b / a for a, b in pairs]
+    return {
+        "jnas": jnas_result,
+        "pytorch": torch_result,
+        "interleaved_pairs_s": pairs,
+        "ratio_median": torch_result["median_step_s"] / jnas_result["median_step_s"],
+        "ratio_min": torch_result["min_step_s"] / jnas_result["min_step_s"],
+        "ratio_of_pairs": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)},
+    }
 
 
 def vmapped_forward(num_archs: int, batch_size: int, channels: int, cells: int) -> dict:
@@ -103,14 +178,18 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--cells", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=9, help="timed steps (interleaved pairs with --torch-python)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--orders", default="1,2")
     parser.add_argument("--vmap-archs", type=int, default=64)
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--vmap-only", action="store_true",
                         help="re-measure only the vmapped forward and update it in --out")
+    parser.add_argument("--serve-jnas", dest="serve_order", type=int, choices=(1, 2), default=None,
+                        help=argparse.SUPPRESS)  # internal: the jnas process of an interleaved measurement
     args = parser.parse_args()
+    if args.serve_order is not None:
+        return serve_jnas(args)
 
     if args.vmap_only:
         record = json.loads(Path(args.out).read_text())
@@ -123,14 +202,14 @@ def main() -> int:
         [args.torch_python, "-c", "import torch, xautodl"], capture_output=True).returncode == 0
     rows = []
     for order in (int(o) for o in args.orders.split(",")):
-        row = {"order": order, "jnas": jnas_step(order, args)}
-        print(json.dumps({"order": order, "jnas_median_step_s": row["jnas"]["median_step_s"]}), flush=True)
         if have_torch:
-            row["pytorch"] = torch_step(order, args)
-            row["ratio_median"] = row["pytorch"]["median_step_s"] / row["jnas"]["median_step_s"]
-            row["ratio_min"] = row["pytorch"]["min_step_s"] / row["jnas"]["min_step_s"]
-            print(json.dumps({"order": order, "pytorch_median_step_s": row["pytorch"]["median_step_s"],
-                              "ratio": row["ratio_median"]}), flush=True)
+            row = {"order": order} | interleaved(order, args)
+            print(json.dumps({"order": order, "jnas_median_step_s": row["jnas"]["median_step_s"],
+                              "pytorch_median_step_s": row["pytorch"]["median_step_s"], "ratio": row["ratio_median"],
+                              "compile_s": row["jnas"]["compile_s"]}), flush=True)
+        else:
+            row = {"order": order, "jnas": jnas_step(order, args)}
+            print(json.dumps({"order": order, "jnas_median_step_s": row["jnas"]["median_step_s"]}), flush=True)
         # each stage's cells under lax.scan: a fraction of the compile time, a slower step
         row["jnas_scan"] = jnas_step(order, args, scan=True)
         if order == 2:  # jnas's exact Hessian-vector product, for reference (not what the reference computes)

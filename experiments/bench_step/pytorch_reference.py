@@ -107,6 +107,10 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda (times include a synchronize)")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
+    p.add_argument("--serve", action="store_true",
+                   help="after the warm-up, print a 'ready' JSON line, then run one timed step per 'step' line on "
+                        "stdin (printing its seconds) until 'done'; --steps is ignored (compare.py interleaves "
+                        "these steps with jnas's)")
     return p.parse_args(argv)
 
 
@@ -261,19 +265,33 @@ def main(argv=None):
 
     step_times = []
     losses = []
-    for i in range(args.warmup + args.steps):
+
+    def timed_step():
         batch = make_batch()  # data creation is outside the timed region
         sync()
         t0 = time.perf_counter()
         loss = search_step(args.order, net, weights, alphas, w_optimizer, a_optimizer, batch)
         sync()  # float(loss) already waits on CUDA; kept explicit
-        dt = time.perf_counter() - t0
         losses.append(loss)
-        if i >= args.warmup:
-            step_times.append(dt)
-        if not args.json:
-            tag = "warmup" if i < args.warmup else "step"
-            print(f"{tag} {i}: {dt:.3f} s  train loss {loss:.4f}", file=sys.stderr)
+        return time.perf_counter() - t0
+
+    if args.serve:
+        for _ in range(args.warmup):
+            timed_step()
+        print(json.dumps({"ready": True}), flush=True)
+        for line in sys.stdin:
+            if line.strip() == "done":
+                break
+            step_times.append(timed_step())
+            print(json.dumps({"step_s": step_times[-1]}), flush=True)
+    else:
+        for i in range(args.warmup + args.steps):
+            dt = timed_step()
+            if i >= args.warmup:
+                step_times.append(dt)
+            if not args.json:
+                tag = "warmup" if i < args.warmup else "step"
+                print(f"{tag} {i}: {dt:.3f} s  train loss {losses[-1]:.4f}", file=sys.stderr)
 
     if not all(np.isfinite(losses)):
         raise SystemExit(f"non-finite loss: {losses}")
@@ -298,7 +316,7 @@ def main(argv=None):
             "image_size": args.image_size,
             "in_channels": args.in_channels,
             "num_classes": args.num_classes,
-            "steps": args.steps,
+            "steps": len(step_times),
             "warmup": args.warmup,
             "seed": args.seed,
             "search_space": list(SEARCH_SPACE),
