@@ -53,6 +53,9 @@ class StepTimer:
             image_size=image_size, scan_cells=scan_cells,
         )
         search = darts.make_darts(net_config, darts.DartsConfig(order=order, hvp=hvp), total_steps=1000)
+        self.order, self.hvp = order, hvp
+        self.config = {"batch_size": batch_size, "channels": channels, "cells": cells, "image_size": image_size,
+                       "in_channels": in_channels, "num_classes": num_classes, "scan_cells": scan_cells}
         self._key = jax.random.key(seed)
         self._shape = (batch_size, image_size, image_size, in_channels)
         self._num_classes = num_classes
@@ -83,6 +86,27 @@ class StepTimer:
     def loss_finite(self) -> bool:
         return self._metrics is not None and bool(jnp.isfinite(self._metrics["train_loss"]))
 
+    def report(self, times: list[float]) -> dict:
+        """What ``jnas bench step`` prints, for the step times ``times`` measured with :meth:`step`."""
+        median = statistics.median(times)
+        return {
+            "impl": "jnas",
+            "order": self.order,
+            "hvp": self.hvp if self.order == 2 else None,
+            "median_step_s": median,
+            "min_step_s": min(times),
+            "step_times_s": times,
+            "compile_s": self.compile_s,
+            "peak_rss_mb": peak_rss_mb(),
+            "images_per_s": 2 * self.config["batch_size"] / median,
+            "config": dict(self.config),
+            "jax_version": jax.__version__,
+            "backend": jax.default_backend(),
+            "device": str(jax.devices()[0].device_kind),
+            "machine": machine_description(),
+            "loss_finite": self.loss_finite,
+        }
+
 
 def bench_step(*, order: int = 1, batch_size: int = 64, channels: int = 16, cells: int = 5,
                image_size: int = 32, in_channels: int = 3, num_classes: int = 10,
@@ -91,24 +115,4 @@ def bench_step(*, order: int = 1, batch_size: int = 64, channels: int = 16, cell
     """Compiles and times the DARTS search step on random data of the given shape."""
     timer = StepTimer(order=order, batch_size=batch_size, channels=channels, cells=cells, image_size=image_size,
                       in_channels=in_channels, num_classes=num_classes, scan_cells=scan_cells, seed=seed, hvp=hvp)
-    compile_s = timer.compile_s
-    times = [timer.step() for _ in range(warmup + steps)][warmup:]
-    median = statistics.median(times)
-    return {
-        "impl": "jnas",
-        "order": order,
-        "hvp": hvp if order == 2 else None,
-        "median_step_s": median,
-        "min_step_s": min(times),
-        "step_times_s": times,
-        "compile_s": compile_s,
-        "peak_rss_mb": peak_rss_mb(),
-        "images_per_s": 2 * batch_size / median,
-        "config": {"batch_size": batch_size, "channels": channels, "cells": cells, "image_size": image_size,
-                   "in_channels": in_channels, "num_classes": num_classes, "scan_cells": scan_cells},
-        "jax_version": jax.__version__,
-        "backend": jax.default_backend(),
-        "device": str(jax.devices()[0].device_kind),
-        "machine": machine_description(),
-        "loss_finite": timer.loss_finite,
-    }
+    return timer.report([timer.step() for _ in range(warmup + steps)][warmup:])

@@ -34,8 +34,6 @@ import jax
 import jax.numpy as jnp
 
 from jnas import bench, xla_options
-from jnas.search import darts
-from jnas.supernet import nb201 as supernet
 from jnas.supernet import ops
 
 
@@ -61,42 +59,26 @@ def _stand_ins():
 
 
 def ablate(order: int, reps: int, batch_size: int = 64) -> dict:
-    config = supernet.SupernetConfig(channels=16, cells=5)
-    key = jax.random.key(0)
-
-    def batch(i):
-        k = jax.random.fold_in(key, i)
-        return darts.Batch(jax.random.normal(k, (batch_size, 32, 32, 3)),
-                           jax.random.randint(jax.random.fold_in(k, 1), (batch_size,), 0, 10))
-
     originals = {name: getattr(ops, name) for name in ("conv2d", "_filter_grad", "avg_pool_3x3", "batch_norm")}
-    compiled, states, compile_s = {}, {}, {}
+    timers = {}
     try:
         for name, patch in _stand_ins().items():
             for attr, fn in originals.items():
                 setattr(ops, attr, patch.get(attr, fn))
-            search = darts.make_darts(config, darts.DartsConfig(order=order), total_steps=1000)
-            states[name] = search.init(key)
-            t0 = time.perf_counter()
-            compiled[name] = xla_options.jit(search.step).lower(states[name], batch(0), batch(1)).compile()
-            compile_s[name] = time.perf_counter() - t0
-            print(f"  compiled {name} in {compile_s[name]:.1f} s", file=sys.stderr, flush=True)
+            timers[name] = bench.StepTimer(order=order, batch_size=batch_size)  # traced (and patched) here
+            print(f"  compiled {name} in {timers[name].compile_s:.1f} s", file=sys.stderr, flush=True)
     finally:
         for attr, fn in originals.items():
             setattr(ops, attr, fn)
-    times = {name: [] for name in compiled}
+    times = {name: [] for name in timers}
     for i in range(reps + 1):  # round 0 is a warm-up
-        for name, step in compiled.items():
-            train, val = batch(2 * i + 2), batch(2 * i + 3)
-            jax.block_until_ready((train, val))
-            t = time.perf_counter()
-            states[name], _ = step(states[name], train, val)
-            jax.block_until_ready(states[name])
+        for name, timer in timers.items():
+            t = timer.step()
             if i:
-                times[name].append(time.perf_counter() - t)
+                times[name].append(t)
     full = statistics.median(times["full_step"])
     return {
-        name: {"median_step_s": statistics.median(ts), "step_times_s": ts, "compile_s": compile_s[name],
+        name: {"median_step_s": statistics.median(ts), "step_times_s": ts, "compile_s": timers[name].compile_s,
                "saves_s": full - statistics.median(ts), "saves_share": (full - statistics.median(ts)) / full}
         for name, ts in times.items()
     }

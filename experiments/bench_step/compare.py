@@ -83,7 +83,7 @@ class _Server:
 
 def serve_jnas(args) -> int:
     """The jnas side of :func:`interleaved` (``compare.py --serve-jnas``)."""
-    from jnas.bench import StepTimer, peak_rss_mb
+    from jnas.bench import StepTimer
 
     timer = StepTimer(order=args.serve_order, batch_size=args.batch_size, channels=args.channels, cells=args.cells)
     timer.step()  # warm-up
@@ -94,10 +94,7 @@ def serve_jnas(args) -> int:
             break
         times.append(timer.step())
         print(json.dumps({"step_s": times[-1]}), flush=True)
-    print(json.dumps({"impl": "jnas", "order": args.serve_order, "median_step_s": statistics.median(times),
-                      "min_step_s": min(times), "step_times_s": times, "compile_s": timer.compile_s,
-                      "peak_rss_mb": peak_rss_mb(), "images_per_s": 2 * args.batch_size / statistics.median(times),
-                      "loss_finite": timer.loss_finite}), flush=True)
+    print(json.dumps(timer.report(times)), flush=True)
     return 0
 
 
