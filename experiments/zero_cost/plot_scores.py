@@ -34,7 +34,12 @@ def main() -> None:
     finite = np.isfinite(score)
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     ax.scatter(score[finite], acc[finite], s=1, alpha=0.3)
-    ax.set_xlabel(f"{proxy}" + (" (natural log)" if proxy == "synflow" else ""))
+    positive = score[finite & (score > 0)]
+    # snip, grad_norm, fisher span several decades: on a linear axis they are one column
+    wide = len(positive) > 0.9 * finite.sum() and positive.max() > 100 * np.median(positive)
+    if wide:
+        ax.set_xscale("log")
+    ax.set_xlabel(f"{proxy}" + (" (natural log)" if proxy == "synflow" else " (log axis)" if wide else ""))
     ax.set_ylabel("NB201 CIFAR-10 test accuracy, 200 epochs (%)")
     ax.set_title(f"{proxy}, {len(rows)} cells: Spearman {rho:.3f} ({(~finite).sum()} at -inf or NaN not drawn)", fontsize=9)
     fig.tight_layout()
