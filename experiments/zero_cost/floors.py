@@ -40,7 +40,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 PASSES = {"nwot": 1, "synflow": 2, "jacob_cov": 2, "fisher": 2, "snip": 3, "grad_norm": 3, "grasp": 6}
 SPACE_SECONDS = 15 * 60
 WHOLE_SPACE = ("results_synflow_bench_cpu.json", "results_synflow_pruned_bench_cpu.json", "results_nwot_all_cpu.json",
-               "results_jacob_cov_all_pruned_cpu.json", "results_fisher_all_pruned_cpu.json")
+               "results_jacob_cov_all_pruned_cpu.json", "results_fisher_all_pruned_cpu.json",
+               "results_snip_all_pruned_cpu.json", "results_grad_norm_all_pruned_cpu.json")
 SAMPLES = ("results_nwot_bench_cpu.json", "results_jacob_cov_bench_cpu.json", "results_fisher_bench_cpu.json",
            "results_snip_bench_cpu.json", "results_grad_norm_bench_cpu.json", "results_grasp_bench_cpu.json")
 
