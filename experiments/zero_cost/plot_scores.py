@@ -41,7 +41,9 @@ def main() -> None:
         ax.set_xscale("log")
     ax.set_xlabel(f"{proxy}" + (" (natural log)" if proxy == "synflow" else " (log axis)" if wide else ""))
     ax.set_ylabel("NB201 CIFAR-10 test accuracy, 200 epochs (%)")
-    ax.set_title(f"{proxy}, {len(rows)} cells: Spearman {rho:.3f} ({(~finite).sum()} at -inf or NaN not drawn)", fontsize=9)
+    hidden = (~finite).sum() + (int((score[finite] <= 0).sum()) if wide else 0)
+    what = "-inf, NaN, <= 0" if wide else "-inf or NaN"
+    ax.set_title(f"{proxy}, {len(rows)} cells: Spearman {rho:.3f} ({hidden} not drawn: {what})", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     print(out, rho)
