@@ -32,6 +32,7 @@ from jnas.cli.common import write_json_atomic  # noqa: E402
 from jnas.cli.score import correlations, load_batch  # noqa: E402
 from jnas.proxies import batched  # noqa: E402
 from jnas.supernet.nb201 import SupernetConfig  # noqa: E402
+from plot_scores import spans_decades  # noqa: E402  (this folder: sys.path[0] when run as a script)
 
 
 def main() -> None:
@@ -105,9 +106,8 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(5, 4))
     x = result.scores[args.proxy][:, 0]
     ax.scatter(x, table["c10_test_acc_200"][codes], s=3, alpha=0.5)
-    positive = x[np.isfinite(x) & (x > 0)]
-    wide = len(positive) > 0.9 * np.isfinite(x).sum() and positive.max() > 100 * np.median(positive)
-    if wide:  # snip, grad_norm, fisher span several decades: a linear axis shows one column
+    wide = spans_decades(x)
+    if wide:
         ax.set_xscale("log")
     ax.set_xlabel(args.proxy + (" (log)" if args.proxy == "synflow" else " (log axis)" if wide else ""))
     ax.set_ylabel("NB201 CIFAR-10 test accuracy (200 epochs)")

@@ -16,6 +16,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from jnas.benchmarks import nb201 as bench  # noqa: E402
 
 
+def spans_decades(score: np.ndarray) -> bool:
+    """Whether a proxy's scores want a log axis: nearly all positive and spread over decades
+    (snip, grad_norm, fisher); on a linear axis they are one column."""
+    finite = np.isfinite(score)
+    positive = score[finite & (score > 0)]
+    return len(positive) > 0.9 * finite.sum() and positive.max() > 100 * np.median(positive)
+
+
 def main() -> None:
     path, proxy, out = sys.argv[1:4]
     table = bench.load_table(bench.default_path())
@@ -34,9 +42,7 @@ def main() -> None:
     finite = np.isfinite(score)
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     ax.scatter(score[finite], acc[finite], s=1, alpha=0.3)
-    positive = score[finite & (score > 0)]
-    # snip, grad_norm, fisher span several decades: on a linear axis they are one column
-    wide = len(positive) > 0.9 * finite.sum() and positive.max() > 100 * np.median(positive)
+    wide = spans_decades(score)
     if wide:
         ax.set_xscale("log")
     ax.set_xlabel(f"{proxy}" + (" (natural log)" if proxy == "synflow" else " (log axis)" if wide else ""))
