@@ -16,7 +16,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from jnas import xla_options
+from jnas import host_memory, xla_options
 from jnas.search import darts
 from jnas.supernet import nb201 as supernet
 
@@ -105,6 +105,7 @@ class StepTimer:
             "device": str(jax.devices()[0].device_kind),
             "machine": machine_description(),
             "loss_finite": self.loss_finite,
+            "host_memory": host_memory.state(),
         }
 
 

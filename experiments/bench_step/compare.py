@@ -52,14 +52,29 @@ def jnas_step(order: int, args, hvp: str = "finite_difference", scan: bool = Fal
     return run_json(cmd) | {"command": "jnas bench step " + " ".join(cmd[5:])}
 
 
+def reference_env() -> dict:
+    """The reference's environment: glibc's malloc set as jnas sets its own (jnas.host_memory).
+
+    jnas keeps its buffers' memory between steps (``mallopt``; PyTorch on CPU already runs
+    synchronously, the other half of that setting), so the reference runs with the same
+    malloc settings, through ``GLIBC_TUNABLES``. ``JNAS_REUSE_HOST_MEMORY=0`` turns both off.
+    """
+    from jnas import host_memory
+
+    env = dict(os.environ)
+    if host_memory.enabled():
+        env["GLIBC_TUNABLES"] = host_memory.GLIBC_TUNABLES
+    return env
+
+
 class _Server:
     """A benchmark process that compiles, warms up, prints ``{"ready": ...}``, then runs one timed
     step per ``step`` line on its stdin (answering ``{"step_s": ...}``) until ``done`` (answering
     its summary JSON)."""
 
-    def __init__(self, cmd: list[str]):
+    def __init__(self, cmd: list[str], env: dict | None = None):
         self.cmd = cmd
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.ready = self._read()
 
     def _read(self) -> dict:
@@ -82,8 +97,11 @@ class _Server:
 
 
 def serve_jnas(args) -> int:
-    """The jnas side of :func:`interleaved` (``compare.py --serve-jnas``)."""
+    """The jnas side of :func:`interleaved` (``compare.py --serve-jnas``), set up as ``jnas bench step`` is."""
+    from jnas import host_memory
     from jnas.bench import StepTimer
+
+    host_memory.reuse_unless_disabled()
 
     timer = StepTimer(order=args.serve_order, batch_size=args.batch_size, channels=args.channels, cells=args.cells)
     timer.step()  # warm-up
@@ -105,7 +123,8 @@ def interleaved(order: int, args) -> dict:
     torch_cmd = [args.torch_python, str(HERE / "pytorch_reference.py"), "--order", str(order)] + shape + [
         "--image-size", "32", "--in-channels", "3", "--num-classes", "10", "--warmup", "1",
         "--threads", str(args.threads), "--json", "--serve"]
-    torch = _Server(torch_cmd)
+    torch_env = reference_env()
+    torch = _Server(torch_cmd, env=torch_env)
     pairs = []
     for i in range(args.steps):
         if i % 2 == 0:
@@ -116,7 +135,8 @@ def interleaved(order: int, args) -> dict:
             t_jnas = jnas.step()
         pairs.append([t_jnas, t_torch])
     jnas_result = jnas.finish() | {"command": "jnas bench step --order %d (stepped by compare.py)" % order}
-    torch_result = torch.finish() | {"command": " ".join(["python"] + torch_cmd[1:])}
+    torch_result = torch.finish() | {"command": " ".join(["python"] + torch_cmd[1:]),
+                                     "glibc_tunables": torch_env.get("GLIBC_TUNABLES")}
     ratios = [b / a for a, b in pairs]
     return {
         "jnas": jnas_result,

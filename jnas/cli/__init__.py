@@ -51,6 +51,10 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    # XLA's CPU buffers from memory the process keeps (jnas.host_memory; JNAS_REUSE_HOST_MEMORY=0: off)
+    from jnas import host_memory
+
+    host_memory.reuse_unless_disabled()
     try:
         return int(args.run(args) or 0)
     except UsageError as err:
