@@ -69,9 +69,11 @@ __all__ = ["SearchNetwork"]  # re-exported: spaces build it, searchers consume i
 
 HVP_MODES = ("finite_difference", "exact")
 HVP_R = 0.01  # DARTS's finite-difference radius: ε = HVP_R / ||v||
-# Order 2: one looped gradient pass for the weight step, the unrolled step and the
-# validation gradient (``make_darts``); tests switch it off to compare with the plain path.
+# One looped gradient pass for all of a step's gradients (``make_darts``): order 2 on
+# every network, order 1 on networks with gated filter gradients. Tests switch it off to
+# compare with the plain path.
 _FUSE_SECOND_ORDER = True
+_FUSE_FIRST_ORDER = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,7 +249,8 @@ def momentum_of(w_opt_state, params):
 
 
 def _nb201_network(net_config: supernet.SupernetConfig, apply_fn=None) -> SearchNetwork:
-    """The NAS-Bench-201 network with a bare ``(6, 5)`` α (the DARTS tests' form)."""
+    """The NAS-Bench-201 network with a bare ``(6, 5)`` α (the DARTS tests' form; an ``apply_fn``
+    stand-in takes the supernet's code paths, fused first-order step included)."""
     if apply_fn is None:
         def apply_fn(params, images, weights):
             return supernet.apply(params, images, weights, net_config)
@@ -259,6 +262,7 @@ def _nb201_network(net_config: supernet.SupernetConfig, apply_fn=None) -> Search
         op_logits=lambda alpha: alpha,
         ops=tuple(space.OPS),
         derive=genotype,
+        gated_filter_gradients=True,
     )
 
 
@@ -334,15 +338,16 @@ def make_darts(network, config: DartsConfig, total_steps: int, apply_fn=None,
                 params, state.arch_params, train_batch, val_batch,
                 momentum_of(w_opt_state, params), lr, config, loss_fn,
             )
-            arch_params, a_opt_state = second_order_arch_step(state, a_grads, lam)
+            arch_params, a_opt_state = regularized_arch_step(state, a_grads, lam)
         return arch_params, a_opt_state, val_logits
 
     def adam_step(state, a_grads):
         a_updates, a_opt_state = a_tx.update(a_grads, state.a_opt_state, state.arch_params)
         return optax.apply_updates(state.arch_params, a_updates), a_opt_state
 
-    def second_order_arch_step(state, a_grads, lam):
-        """α's step from a hypergradient of L_val alone: β-DARTS's term is added here (order 1's objective has it)."""
+    def regularized_arch_step(state, a_grads, lam):
+        """α's step from a gradient of L_val alone: β-DARTS's term is added here (the plain
+        order-1 path's objective has it)."""
         if config.beta_decay:
             reg_grad = jax.grad(lambda a: beta_decay_loss(network.op_logits(a)))(state.arch_params)
             a_grads = jax.tree.map(lambda g, r: g + lam * r, a_grads, reg_grad)
@@ -407,15 +412,50 @@ def make_darts(network, config: DartsConfig, total_steps: int, apply_fn=None,
         train_loss, train_logits, val_logits = losses[0], logits[0], logits[2]
         g_alpha = jax.tree.map(lambda g: g[2], gas)
         a_grads = central_difference(g_alpha, jax.tree.map(lambda g: g[3:], gas), eps, lr)
-        arch_params, a_opt_state = second_order_arch_step(state, a_grads, arch_objective(state.step)[1])
+        arch_params, a_opt_state = regularized_arch_step(state, a_grads, arch_objective(state.step)[1])
         return train_loss, train_logits, params, w_opt_state, arch_params, a_opt_state, val_logits
+
+    def fused_first_order(state, train_batch, val_batch):
+        """Order 1 with ONE compiled gradient pass for two (compile time), as :func:`fused_second_order`.
+
+        The weight step's gradient (train batch, w) and the α gradient (val batch, the
+        stepped w) are ``∇_{w,α} L(w, α, batch)`` at two points: a two-iteration loop
+        compiles it once. In the second iteration the filter gradients are skipped at run
+        time, so it costs what the plain path's α-only pass costs (its other weight
+        gradients, a few channel sums and the classifier's, are discarded).
+        """
+        grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+
+        def weight_step(carry, gw):
+            w, opt_state = carry
+            updates, new_opt_state = w_tx.update(gw, opt_state, w)
+            return optax.apply_updates(w, updates), new_opt_state
+
+        def body(carry, batch_and_k):
+            batch, k = batch_and_k
+            with supernet_ops.filter_gradients_when(k == 0):
+                (loss, logits), (gw, ga) = grad_fn(carry[0], state.arch_params, batch)
+            carry = jax.lax.cond(k == 0, weight_step, lambda c, _: c, carry, gw)
+            return carry, (loss, logits, ga)
+
+        batches = jax.tree.map(lambda t, v: jnp.stack([t, v]), train_batch, val_batch)
+        (params, w_opt_state), (losses, logits, gas) = jax.lax.scan(
+            body, (state.params, state.w_opt_state), (batches, jnp.arange(2)))
+        a_grads = jax.tree.map(lambda g: g[1], gas)
+        arch_params, a_opt_state = regularized_arch_step(state, a_grads, arch_objective(state.step)[1])
+        return losses[0], logits[0], params, w_opt_state, arch_params, a_opt_state, logits[1]
 
     def step(state: SearchState, train_batch: Batch, val_batch: Batch):
         same_shapes = all(t.shape == v.shape for t, v in zip(train_batch, val_batch))
-        if (_FUSE_SECOND_ORDER and config.order == 2 and config.hvp == "finite_difference"
-                and not config.arch_warmup_steps and same_shapes):
+        fused = None
+        if not config.arch_warmup_steps and same_shapes:
+            if _FUSE_SECOND_ORDER and config.order == 2 and config.hvp == "finite_difference":
+                fused = fused_second_order
+            elif _FUSE_FIRST_ORDER and config.order == 1 and network.gated_filter_gradients:
+                fused = fused_first_order
+        if fused is not None:
             (train_loss, train_logits, params, w_opt_state, arch_params, a_opt_state,
-             val_logits) = fused_second_order(state, train_batch, val_batch)
+             val_logits) = fused(state, train_batch, val_batch)
             return _finish(state, train_batch, val_batch, train_loss, train_logits, params, w_opt_state,
                            arch_params, a_opt_state, val_logits, jnp.asarray(True))
         (train_loss, train_logits), w_grads = jax.value_and_grad(loss_fn, has_aux=True)(

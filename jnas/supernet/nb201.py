@@ -374,4 +374,5 @@ def search_network(config: SupernetConfig, edge_normalization: bool = False):
         op_logits=lambda arch_params: arch_params["alpha"],
         ops=tuple(space.OPS),
         derive=derive,
+        gated_filter_gradients=True,
     )

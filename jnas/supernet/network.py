@@ -24,6 +24,10 @@ class SearchNetwork(NamedTuple):
         and the diagnostics read it).
       ops: op names, in the order of ``op_logits``'s last axis.
       derive: ``arch_params -> genotype`` text (the space's official form).
+      gated_filter_gradients: every convolution of ``apply`` goes through
+        :func:`jnas.supernet.ops.conv2d`, so a pass traced under
+        :func:`jnas.supernet.ops.filter_gradients_when` skips the weight gradients at run
+        time; DARTS then runs its first-order step as one compiled gradient pass for two.
     """
 
     init: Callable[[jax.Array], Any]
@@ -32,3 +36,4 @@ class SearchNetwork(NamedTuple):
     op_logits: Callable[[Any], jax.Array]
     ops: tuple[str, ...]
     derive: Callable[[Any], str]
+    gated_filter_gradients: bool = False
