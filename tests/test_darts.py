@@ -400,13 +400,15 @@ def test_default_order_two_step_feeds_the_finite_difference_hypergradient():
                                atol=1e-9)
 
 
+@pytest.mark.parametrize("order,flag", [(2, "_FUSE_SECOND_ORDER"), (1, "_FUSE_FIRST_ORDER")])
 @pytest.mark.parametrize("beta_decay", [0.0, 50.0])
-def test_fused_order_two_step_equals_the_plain_step(monkeypatch, beta_decay):
-    """The looped order-2 step (one compiled gradient pass for three) is the plain step, two steps running."""
-    cfg = darts.DartsConfig(order=2, beta_decay=beta_decay)
+def test_fused_step_equals_the_plain_step(monkeypatch, order, flag, beta_decay):
+    """The looped step (one compiled gradient pass for all of a step's gradients) is the plain
+    step, two steps running."""
+    cfg = darts.DartsConfig(order=order, beta_decay=beta_decay)
     states, metrics = {}, {}
     for fused in (True, False):
-        monkeypatch.setattr(darts, "_FUSE_SECOND_ORDER", fused)
+        monkeypatch.setattr(darts, flag, fused)
         search = darts.make_darts(NET_CFG, cfg, TOTAL_STEPS, apply_fn=cell_net, steps_per_epoch=1)
         step = jax.jit(search.step)
         state = make_state(search, cell_net_params(0), initial_alpha(1))
@@ -419,26 +421,6 @@ def test_fused_order_two_step_equals_the_plain_step(monkeypatch, beta_decay):
     chex.assert_trees_all_close(states[True].a_opt_state, states[False].a_opt_state, rtol=1e-4, atol=1e-9)
     chex.assert_trees_all_close(metrics[True], metrics[False], rtol=1e-5, atol=1e-6)
     assert int(states[True].step) == 2
-
-
-@pytest.mark.parametrize("beta_decay", [0.0, 50.0])
-def test_fused_order_one_step_equals_the_plain_step(monkeypatch, beta_decay):
-    """The looped order-1 step (one compiled gradient pass for two) is the plain step, two steps running."""
-    cfg = darts.DartsConfig(order=1, beta_decay=beta_decay)
-    states, metrics = {}, {}
-    for fused in (True, False):
-        monkeypatch.setattr(darts, "_FUSE_FIRST_ORDER", fused)
-        search = darts.make_darts(NET_CFG, cfg, TOTAL_STEPS, apply_fn=cell_net, steps_per_epoch=1)
-        step = jax.jit(search.step)
-        state = make_state(search, cell_net_params(0), initial_alpha(1))
-        for i in range(2):
-            state, m = step(state, make_batch(20 + 2 * i), make_batch(21 + 2 * i))
-        states[fused], metrics[fused] = state, m
-    chex.assert_trees_all_close(states[True].params, states[False].params, rtol=1e-5, atol=1e-7)
-    chex.assert_trees_all_close(states[True].w_opt_state, states[False].w_opt_state, rtol=1e-5, atol=1e-7)
-    chex.assert_trees_all_close(states[True].arch_params, states[False].arch_params, rtol=1e-5, atol=1e-7)
-    chex.assert_trees_all_close(states[True].a_opt_state, states[False].a_opt_state, rtol=1e-4, atol=1e-9)
-    chex.assert_trees_all_close(metrics[True], metrics[False], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("hvp", ["fd", "", None, "EXACT"])
