@@ -341,6 +341,11 @@ def make_darts(network, config: DartsConfig, total_steps: int, apply_fn=None,
             arch_params, a_opt_state = regularized_arch_step(state, a_grads, lam)
         return arch_params, a_opt_state, val_logits
 
+    def weight_update(w, opt_state, w_grads):
+        """The weights' optimizer step: ``(w, opt_state) -> (stepped w, new opt_state)``."""
+        updates, new_opt_state = w_tx.update(w_grads, opt_state, w)
+        return optax.apply_updates(w, updates), new_opt_state
+
     def adam_step(state, a_grads):
         a_updates, a_opt_state = a_tx.update(a_grads, state.a_opt_state, state.arch_params)
         return optax.apply_updates(state.arch_params, a_updates), a_opt_state
@@ -379,8 +384,7 @@ def make_darts(network, config: DartsConfig, total_steps: int, apply_fn=None,
 
         def weight_step(carry, gw):
             w, _, opt_state, w_minus, eps = carry
-            updates, new_opt_state = w_tx.update(gw, opt_state, w)
-            stepped = optax.apply_updates(w, updates)
+            stepped, new_opt_state = weight_update(w, opt_state, gw)
             return stepped, stepped, new_opt_state, w_minus, eps
 
         def unrolled_step(carry, gw):
@@ -426,16 +430,11 @@ def make_darts(network, config: DartsConfig, total_steps: int, apply_fn=None,
         """
         grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
 
-        def weight_step(carry, gw):
-            w, opt_state = carry
-            updates, new_opt_state = w_tx.update(gw, opt_state, w)
-            return optax.apply_updates(w, updates), new_opt_state
-
         def body(carry, batch_and_k):
             batch, k = batch_and_k
             with supernet_ops.filter_gradients_when(k == 0):
                 (loss, logits), (gw, ga) = grad_fn(carry[0], state.arch_params, batch)
-            carry = jax.lax.cond(k == 0, weight_step, lambda c, _: c, carry, gw)
+            carry = jax.lax.cond(k == 0, lambda c, g: weight_update(*c, g), lambda c, _: c, carry, gw)
             return carry, (loss, logits, ga)
 
         batches = jax.tree.map(lambda t, v: jnp.stack([t, v]), train_batch, val_batch)
@@ -461,8 +460,7 @@ def make_darts(network, config: DartsConfig, total_steps: int, apply_fn=None,
         (train_loss, train_logits), w_grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.arch_params, train_batch
         )
-        w_updates, w_opt_state = w_tx.update(w_grads, state.w_opt_state, state.params)
-        params = optax.apply_updates(state.params, w_updates)
+        params, w_opt_state = weight_update(state.params, state.w_opt_state, w_grads)
 
         if config.arch_warmup_steps:
             def frozen(operands):
