@@ -16,6 +16,9 @@ from jnas import host_memory
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
+# The three timed calls' 128 MiB temporaries, in 4 KiB pages.
+_TEMP_PAGES = 3 * (8192 * 4096 * 4) // 4096
+
 # A jitted function whose 128 MiB intermediate is a temporary buffer of every call;
 # prints the minor page faults of three calls after two warm-up calls.
 _PROBE = r"""
@@ -52,8 +55,7 @@ def test_calls_stop_faulting_in_fresh_pages():
     off, on = _probe("off"), _probe("on")
     assert off["state"] == {"malloc": False, "sync_dispatch": False}
     assert on["state"] == {"malloc": True, "sync_dispatch": True}
-    pages = 3 * (8192 * 4096 * 4) // 4096  # three calls' 128 MiB temporaries
-    assert off["faults"] > pages / 2, off  # the default maps each call's temporary afresh
+    assert off["faults"] > _TEMP_PAGES / 2, off  # the default maps each call's temporary afresh
     assert on["faults"] < off["faults"] / 10, (on, off)
 
 
@@ -63,7 +65,7 @@ def test_too_late_for_dispatch_warns_and_says_so():
     assert late["state"] == {"malloc": True, "sync_dispatch": False}
     assert any("backends already exist" in w for w in late["warnings"])
     # malloc's half alone keeps nothing: XLA's dispatch thread maps its large blocks anyway
-    assert late["faults"] > 3 * (8192 * 4096 * 4) // 4096 / 2, late
+    assert late["faults"] > _TEMP_PAGES / 2, late
 
 
 def test_environment_switch(monkeypatch):

@@ -282,7 +282,9 @@ def score_archs(codes, proxies, config: supernet.SupernetConfig, *, images, labe
     calls = [(c, k) for c in range(len(encs)) for k in range(len(key_chunks))]
     for i, (c, k) in enumerate(calls):
         t0 = time.perf_counter()
-        result = scorer(key_chunks[k][0], images, labels, split(encs[c]))  # dispatched asynchronously
+        # asynchronous dispatch (JAX's default) overlaps the previous chunk's storing with this
+        # chunk; under jnas.host_memory (the CLI) CPU calls return when done
+        result = scorer(key_chunks[k][0], images, labels, split(encs[c]))
         if pending is not None:
             _store(found, pending, bar)
         if i == 0:
