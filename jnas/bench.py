@@ -16,7 +16,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from jnas import host_memory, xla_options
+from jnas import host_memory, prng, xla_options
 from jnas.search import darts
 from jnas.supernet import nb201 as supernet
 
@@ -69,7 +69,7 @@ class StepTimer:
 
     def _batch(self, i):
         k = jax.random.fold_in(self._key, i)
-        return darts.Batch(jax.random.normal(k, self._shape),
+        return darts.Batch(prng.normal(k, self._shape),
                            jax.random.randint(jax.random.fold_in(k, 1), (self._shape[0],), 0, self._num_classes))
 
     def step(self) -> float:

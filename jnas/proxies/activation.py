@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jnas import prng
 from jnas.proxies import network
 from jnas.supernet import nb201 as supernet
 
@@ -38,7 +39,7 @@ def gaussian_params(params, key):
     for (path, leaf), k in zip(leaves, keys):
         name = path[-1].key if hasattr(path[-1], "key") else str(path[-1])
         if network.is_weight_path(path):
-            out.append(jax.random.normal(k, leaf.shape, leaf.dtype))
+            out.append(prng.normal(k, leaf.shape, leaf.dtype))
         elif name.startswith("scale"):
             out.append(jnp.ones_like(leaf))
         else:
@@ -63,8 +64,8 @@ def zen(params, batch, encodings, key, *, config: supernet.SupernetConfig, capac
     num = encodings.shape[0]
     w_key, x_key, e_key = jax.random.split(key, 3)
     weights = gaussian_params(params, w_key)
-    x = jax.random.normal(x_key, images.shape, jnp.float32)
-    eps = jax.random.normal(e_key, images.shape, jnp.float32)
+    x = prng.normal(x_key, images.shape, jnp.float32)
+    eps = prng.normal(e_key, images.shape, jnp.float32)
     tape = network.Tape()
     feats, _ = network.apply(weights, x[None], encodings, config, variant="bn", capacity=capacity, tape=tape,
                              features_only=True)

@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jnas import prng
 from jnas.spaces import nb201 as space
 from jnas.supernet import nb201 as supernet
 from jnas.supernet import ops
@@ -77,8 +78,8 @@ def init_params(key: jax.Array, config: supernet.SupernetConfig) -> dict:
         width = stage["w1"].shape[-1]
         k1, k3 = jax.random.split(jax.random.fold_in(bias_key, s))
         shape = (config.cells, space.NUM_EDGES, width)
-        b1 = jax.random.uniform(k1, shape, jnp.float32, -1.0, 1.0) / math.sqrt(width)
-        b3 = jax.random.uniform(k3, shape, jnp.float32, -1.0, 1.0) / math.sqrt(9 * width)
+        b1 = prng.uniform(k1, shape, jnp.float32, -1.0, 1.0) / math.sqrt(width)
+        b3 = prng.uniform(k3, shape, jnp.float32, -1.0, 1.0) / math.sqrt(9 * width)
         stages.append({**stage, "b1": b1, "b3": b3})
     return {**params, "stages": stages}
 

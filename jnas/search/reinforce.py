@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jnas import prng
 from jnas.search.discrete import DiscreteSearcher
 from jnas.spaces import nb201
 
@@ -105,7 +106,7 @@ def reinforce(
     tx = optimizer if optimizer is not None else optax.adam(learning_rate)
 
     def init(key):
-        logits = init_scale * jax.random.normal(key, (nb201.NUM_EDGES, nb201.NUM_OPS), jnp.float32)
+        logits = init_scale * prng.normal(key, (nb201.NUM_EDGES, nb201.NUM_OPS), jnp.float32)
         return ReinforceState(
             logits=logits,
             opt_state=tx.init(logits),

@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jnas import prng
 from jnas.spaces import darts as space
 from jnas.supernet import darts_ops as dops
 from jnas.supernet import ops as base_ops
@@ -212,7 +213,7 @@ class _Net:
 
     def init_arch(self, key):
         alpha_key, beta_key = jax.random.split(key)
-        arch = {"alpha": 1e-3 * jax.random.normal(alpha_key, (2, space.NUM_EDGES, len(self.ops)))}
+        arch = {"alpha": 1e-3 * prng.normal(alpha_key, (2, space.NUM_EDGES, len(self.ops)))}
         if self.edge_normalization:
             arch["beta"] = 1e-3 * jax.random.normal(beta_key, (2, space.NUM_EDGES))
         return arch

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jnas import prng
 from jnas.supernet import ops as base_ops
 
 # name -> (kernel, dilation) of the conv ops
@@ -47,7 +48,7 @@ BatchNormFn = Callable[[jax.Array, str], jax.Array]
 def uniform(key, shape, fan_in, dtype=jnp.float32):
     """PyTorch's default conv/linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / math.sqrt(fan_in)
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return prng.uniform(key, shape, dtype, -bound, bound)
 
 
 def depthwise_conv(x, w, stride: int = 1, dilation: int = 1):
@@ -198,7 +199,7 @@ def apply_op(name: str, x, stride: int, params: dict, path: str, bn: BatchNormFn
         if key is None:
             raise ValueError("the noise op needs a PRNG key")
         shape = x[:, ::stride, ::stride].shape
-        return jax.random.normal(key, shape, x.dtype)
+        return prng.normal(key, shape, x.dtype)
     raise ValueError(f"unknown op {name!r}; known: {', '.join(SUPPORTED_OPS)}")
 
 

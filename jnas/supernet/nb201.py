@@ -51,6 +51,7 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
+from jnas import prng
 from jnas.spaces import nb201 as space
 from jnas.supernet import ops
 
@@ -133,7 +134,7 @@ def shuffle_matrix(channels: int, groups: int) -> np.ndarray:
 def _uniform(key, shape, fan_in, dtype=jnp.float32):
     """PyTorch's default conv/linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / math.sqrt(fan_in)
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return prng.uniform(key, shape, dtype, -bound, bound)
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -189,7 +190,7 @@ def init(key: jax.Array, config: SupernetConfig) -> dict:
 
 def init_arch_params(key: jax.Array) -> jax.Array:
     """DARTS architecture parameters α, shape ``(6, 5)``, as ``1e-3 * N(0, 1)`` (reference init)."""
-    return 1e-3 * jax.random.normal(key, (space.NUM_EDGES, space.NUM_OPS))
+    return 1e-3 * prng.normal(key, (space.NUM_EDGES, space.NUM_OPS))
 
 
 def edge_softmax(beta: jax.Array) -> jax.Array:
