@@ -39,10 +39,12 @@ def peak_rss_mb() -> float:
 class StepTimer:
     """The jitted DARTS search step, compiled, on fresh random batches: time it one step at a time.
 
-    ``compile_s`` is trace + lower + compile; :meth:`step` runs one step (batch creation
-    outside the timed region) and returns its wall time. Another process can interleave
-    its own steps with these (``experiments/bench_step/compare.py`` does, so that both
-    implementations see the same machine load).
+    ``compile_s`` is trace + lower + compile (a load from JAX's persistent cache where
+    ``JAX_COMPILATION_CACHE_DIR`` is set and holds the step: ``report`` records the
+    directory); :meth:`step` runs one step (batch creation outside the timed region) and
+    returns its wall time. Another process can interleave its own steps with these
+    (``experiments/bench_step/compare.py`` does, so that both implementations see the same
+    machine load).
     """
 
     def __init__(self, *, order: int = 1, batch_size: int = 64, channels: int = 16, cells: int = 5,
@@ -106,6 +108,8 @@ class StepTimer:
             "machine": machine_description(),
             "loss_finite": self.loss_finite,
             "host_memory": host_memory.state(),
+            # set (JAX_COMPILATION_CACHE_DIR): a repeated compile is a load, and compile_s says so
+            "compilation_cache_dir": jax.config.jax_compilation_cache_dir or None,
         }
 
 

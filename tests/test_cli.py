@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 
 from jnas.benchmarks import nb201 as bench
@@ -157,6 +158,20 @@ def test_bench_step_prints_one_json_line(capsys):
     for key in ("median_step_s", "compile_s", "peak_rss_mb", "images_per_s"):
         assert record[key] > 0
     assert record["images_per_s"] == pytest.approx(4 / record["median_step_s"])
+    assert record["compilation_cache_dir"] == (jax.config.jax_compilation_cache_dir or None)
+
+
+def test_compare_script_compiles_cold(monkeypatch):
+    """experiments/bench_step/compare.py runs jnas without JAX's persistent cache, whatever the caller set."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments" / "bench_step"))
+    try:
+        import compare
+    finally:
+        sys.path.pop(0)
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/tmp/somewhere")
+    monkeypatch.setenv("JNAS_TEST_MARKER", "kept")
+    env = compare.cold_compile_env()
+    assert "JAX_COMPILATION_CACHE_DIR" not in env and env["JNAS_TEST_MARKER"] == "kept"
 
 
 def test_entry_point_bad_input_in_a_real_process(tmp_path):

@@ -38,8 +38,14 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent / "results" / "bench_step.json"
 
 
+def cold_compile_env() -> dict:
+    """This environment without ``JAX_COMPILATION_CACHE_DIR``: jnas's ``compile_s`` is then always
+    a compile, never a load from JAX's persistent cache."""
+    return {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+
+
 def run_json(cmd: list[str], timeout: int = 3000) -> dict:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=cold_compile_env())
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -119,7 +125,8 @@ def serve_jnas(args) -> int:
 def interleaved(order: int, args) -> dict:
     """jnas and the reference stepped alternately (ABBA order), each in its own process."""
     shape = ["--batch-size", str(args.batch_size), "--channels", str(args.channels), "--cells", str(args.cells)]
-    jnas = _Server([sys.executable, str(Path(__file__).resolve()), "--serve-jnas", str(order)] + shape)
+    jnas = _Server([sys.executable, str(Path(__file__).resolve()), "--serve-jnas", str(order)] + shape,
+                   env=cold_compile_env())
     torch_cmd = [args.torch_python, str(HERE / "pytorch_reference.py"), "--order", str(order)] + shape + [
         "--image-size", "32", "--in-channels", "3", "--num-classes", "10", "--warmup", "1",
         "--threads", str(args.threads), "--json", "--serve"]
