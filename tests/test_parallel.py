@@ -43,6 +43,9 @@ ROOT = HERE.parents[1]
 STEPS = 5
 BATCH = 16
 TIMEOUT_S = 600
+# every test here on one xdist worker (pyproject's --dist loadgroup), so that the module
+# fixture's five subprocesses run once per session, not once per worker
+pytestmark = pytest.mark.xdist_group("parallel_subprocesses")
 ALPHA_ATOL = 1e-7
 PARAMS_ATOL = 1e-6
 LOSS_RTOL = 1e-5
