@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import io
 import json
 import os
@@ -43,9 +44,6 @@ ROOT = HERE.parents[1]
 STEPS = 5
 BATCH = 16
 TIMEOUT_S = 600
-# every test here on one xdist worker (pyproject's --dist loadgroup), so that the module
-# fixture's five subprocesses run once per session, not once per worker
-pytestmark = pytest.mark.xdist_group("parallel_subprocesses")
 ALPHA_ATOL = 1e-7
 PARAMS_ATOL = 1e-6
 LOSS_RTOL = 1e-5
@@ -336,8 +334,28 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Starts every subprocess at once; returns ``{name: (returncode, stderr, result)}``."""
-    tmp = tmp_path_factory.mktemp("parallel")
+    """``{name: [returncode, stderr, result]}`` of every subprocess, started together once per session.
+
+    Under pytest-xdist each worker that runs a test of this module sets the module
+    fixture up; the first one runs the subprocesses (3-4 min on 2 cores) and writes their
+    results beside the workers' temporary directories, the others wait on a lock and read
+    them. (xdist's ``--dist loadgroup`` would do it, but with pytest 9.2 and xdist 3.8 it
+    groups nothing: xdist renames ``item._nodeid``, which pytest 9 no longer reads.)
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return _start_all(tmp_path_factory.mktemp("parallel"))
+    shared = tmp_path_factory.getbasetemp().parent / "parallel-runs"  # this session's, every worker's
+    shared.mkdir(exist_ok=True)
+    with open(shared / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        done = shared / "results.json"
+        if not done.exists():
+            done.write_text(json.dumps(_start_all(shared)))
+        return json.loads(done.read_text())
+
+
+def _start_all(tmp) -> dict:
+    """Starts every subprocess at once; returns ``{name: [returncode, stderr, result]}``."""
     port = str(_free_port())
     cmds = {
         "darts": ([sys.executable, str(HERE), "darts", str(tmp / "darts.json")], _env(8)),
@@ -360,7 +378,7 @@ def runs(tmp_path_factory):
             err = f"timed out after {TIMEOUT_S} s\n{err}"
         path = {"mp0": tmp / "mp.json.0", "mp1": tmp / "mp.json.1"}.get(name, tmp / f"{name}.json")
         data = json.loads(path.read_text()) if proc.returncode == 0 and path.exists() else None
-        results[name] = (proc.returncode, err, data)
+        results[name] = [proc.returncode, err, data]
     return results
 
 
